@@ -1,0 +1,134 @@
+"""`W4A8Linear`: a drop-in `nn.Linear` replacement that holds only quantized buffers.
+
+Buffers (kernel layout, see packing.py): `qweight` int8 [N, K_pad/2], `scales` fp32 [G, N],
+optional `bias` [N]. Build it offline with `from_float`, or at load time with `from_packed`
+from an on-disk format; both can target the `meta` device so a large model is never
+materialized in high precision (load buffers afterwards with `load_state_dict(assign=True)`).
+
+`use_triton=True` runs the fused Triton kernel on CUDA (or on the CPU under
+TRITON_INTERPRET=1); otherwise, and on a CPU without the interpreter, the torch path runs the
+same contract in fp32 (int4 and int8 values are exact in fp32; only summation order differs).
+"""
+
+import warnings
+
+import torch
+from torch import nn
+
+from .autotune import interpreting
+from .packing import pack_w4a8, padded_k, repack_awq, repack_ct, unpack_w4a8
+from .reference import check_group_size, per_token_quant_int8_ref, quantize_weight
+from .w4a8_gemm import w4a8_gemm
+
+PACKED_FORMATS = ("kernel", "awq", "compressed-tensors")
+
+
+def check_linear_shape(in_features: int, out_features: int, group_size: int) -> None:
+    check_group_size(in_features, group_size)
+    if out_features % 8:
+        raise ValueError(f"out_features N={out_features} must be a multiple of 8 for int4 packing")
+
+
+def w4a8_linear_torch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, in_features: int,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Torch path of the contract: x [M, K] float -> [M, N] x.dtype, from kernel-layout buffers."""
+    q = unpack_w4a8(qweight, in_features)  # [N, K]
+    n_groups = scales.shape[0]
+    w = (q.to(torch.float32).reshape(q.shape[0], n_groups, -1) * scales.t()[..., None]).reshape(q.shape)
+    x_q, x_scale = per_token_quant_int8_ref(x)
+    y = (x_q.to(torch.float32) @ w.t()) * x_scale
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)
+
+
+class W4A8Linear(nn.Module):
+    """y = W4A8(x) + bias for x [..., in_features]; see the module docstring for the buffers."""
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = -1, bias: bool = False,
+                 use_triton: bool = True, device=None, bias_dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        check_linear_shape(in_features, out_features, group_size)
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.use_triton = use_triton
+        n_groups = 1 if group_size == -1 else in_features // group_size
+        self.register_buffer("qweight", torch.zeros(out_features, padded_k(in_features, group_size) // 2,
+                                                    dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.zeros(n_groups, out_features, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+
+    @classmethod
+    def from_quantized(cls, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
+                       use_triton: bool = True) -> "W4A8Linear":
+        """From int4 values q [N, K] and scales [N, G] (as `reference.quantize_weight` returns)."""
+        n, k = q.shape
+        group_size = -1 if scales.shape[-1] == 1 else k // scales.shape[-1]
+        layer = cls(k, n, group_size, bias is not None, use_triton, device=q.device,
+                    bias_dtype=bias.dtype if bias is not None else torch.bfloat16)
+        layer.qweight.copy_(pack_w4a8(q, group_size))
+        layer.scales.copy_(scales.t())
+        if bias is not None:
+            layer.bias.copy_(bias.detach())
+        return layer
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int = -1, use_triton: bool = True) -> "W4A8Linear":
+        """Quantize an `nn.Linear` (weights int4 symmetric, per channel or per group)."""
+        check_linear_shape(linear.in_features, linear.out_features, group_size)
+        q, scales = quantize_weight(linear.weight, group_size)
+        return cls.from_quantized(q, scales, linear.bias, use_triton)
+
+    @classmethod
+    def from_packed(cls, weight: torch.Tensor, scales: torch.Tensor, *, fmt: str, in_features: int,
+                    bias: torch.Tensor | None = None, use_triton: bool = True) -> "W4A8Linear":
+        """From packed tensors of an on-disk format (repacked once into the kernel layout).
+
+        fmt="awq": weight = qweight int32 [K, N/8], scales [K/G, N] (symmetric, stored q + 8).
+        fmt="compressed-tensors": weight = weight_packed int32 [N, K/8], scales [N, G].
+        fmt="kernel": weight = int8 [N, K_pad/2], scales fp32 [G, N].
+        """
+        if fmt == "awq":
+            weight, scales = repack_awq(weight, scales)
+        elif fmt == "compressed-tensors":
+            n = weight.shape[0]
+            weight, scales = repack_ct(weight, scales, (n, in_features))
+        elif fmt != "kernel":
+            raise ValueError(f"fmt must be one of {PACKED_FORMATS}, got {fmt!r}")
+        n = weight.shape[0]
+        group_size = -1 if scales.shape[0] == 1 else in_features // scales.shape[0]
+        if weight.shape[1] != padded_k(in_features, group_size) // 2:
+            raise ValueError(f"packed weight {tuple(weight.shape)} does not hold in_features={in_features}")
+        layer = cls(in_features, n, group_size, bias is not None, use_triton, device=weight.device,
+                    bias_dtype=bias.dtype if bias is not None else torch.bfloat16)
+        if tuple(scales.shape) != tuple(layer.scales.shape):
+            raise ValueError(f"scales {tuple(scales.shape)} do not match {tuple(layer.scales.shape)} "
+                             f"for in_features={in_features}, out_features={n}")
+        layer.qweight.copy_(weight)
+        layer.scales.copy_(scales)
+        if bias is not None:
+            layer.bias.copy_(bias.detach())
+        return layer
+
+    def _triton_runs_here(self, x: torch.Tensor) -> bool:
+        if not self.use_triton:
+            return False
+        if x.is_cuda or interpreting():
+            return True
+        warnings.warn("W4A8Linear(use_triton=True) on CPU without TRITON_INTERPRET=1: using the torch path",
+                      stacklevel=3)
+        self.use_triton = False  # warn once per layer
+        return False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"W4A8Linear expects in_features={self.in_features}, got input {tuple(x.shape)}")
+        x2 = x.reshape(-1, self.in_features)
+        if self._triton_runs_here(x):
+            y = w4a8_gemm(x2, self.qweight, self.scales, self.group_size, self.bias)
+        else:
+            y = w4a8_linear_torch(x2, self.qweight, self.scales, self.in_features, self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"group_size={self.group_size}, bias={self.bias is not None}, use_triton={self.use_triton}")

@@ -1,0 +1,255 @@
+"""Fused W4A8 GEMM (Triton): y[M, N] = dequant(x_q[M, K] . unpack(w)[K, N]) + bias.
+
+Weights stay int4 in memory (kernel layout from `packing.pack_w4a8`, int8 [N, K_pad/2]); each
+K step loads one byte tile [BLOCK_N, BLOCK_K/2] and splits it into two int8 tiles in registers
+(`(b << 4) >> 4`, `b >> 4`), which feed two int8 x int8 -> int32 tensor-core dots against the
+matching halves of the activation tile. The product is computed transposed (W . x^T), so the
+unpacked weight is the A operand, which wgmma can read from registers. Scales are applied in fp32:
+- per channel (group_size -1): int32 accumulation, s_x[m] * s_w[n] in the epilogue;
+- per group (32/64/128): each group's int32 partial sum is scaled by s_w[g, n] before it joins
+  the fp32 accumulator (BLOCK_K <= group size; for groups of 32, the two dot halves are the two
+  groups of a 64-wide step).
+
+Two launch strategies, chosen by M:
+- decode (M <= 16): BLOCK_M = 16 and split-K, so that a GEMV-shaped problem still puts a few
+  hundred programs on 132 SMs (weight bandwidth is the whole cost). Splits write fp32 partials
+  that a second kernel sums in a fixed order: deterministic, unlike atomics, whose order flips
+  greedy ties between identical requests;
+- prefill (M > 16): classic tiled GEMM, grouped program order for L2 reuse of weight tiles.
+Configs come from `autotune.pick_config`, keyed on bucketed M and cached per GPU name.
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .act_quant import per_token_quant_int8
+from .autotune import m_bucket, pick_config
+from .packing import padded_k
+from .reference import check_group_size
+
+DECODE_MAX_M = 16
+
+
+@triton.jit
+def _w4a8_gemm_kernel(
+    # pointers
+    xq_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
+    # sizes
+    M, N, K, K_HALF,  # K_HALF = K_pad / 2: bytes per packed weight row, first k of the high nibbles
+    # strides
+    stride_xm, stride_xk, stride_xsm,
+    stride_wn, stride_wb,
+    stride_sg, stride_sn,
+    stride_os, stride_om, stride_on,  # stride_os: between split-K partials
+    # quant params
+    GROUP_SIZE: tl.constexpr,  # 0 = per output channel
+    HAS_BIAS: tl.constexpr,
+    # meta-parameters
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_N: tl.constexpr,
+):
+    # Computed transposed, acc[BLOCK_N, BLOCK_M] = W . x^T: the unpacked weight is the MMA's A
+    # operand, which wgmma may take from registers, while x^T streams through shared memory.
+    # This also lets decode use BLOCK_M = 16 (wgmma needs 64 rows only on the A side).
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_N * num_pid_m  # GROUP_N weight tiles share their x tiles in L2
+    first_pid_n = (pid // num_pid_in_group) * GROUP_N
+    group_cols = tl.minimum(num_pid_n - first_pid_n, GROUP_N)
+    pid_n = first_pid_n + (pid % num_pid_in_group) % group_cols
+    pid_m = (pid % num_pid_in_group) // group_cols
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    offs_b = tl.arange(0, BLOCK_K // 2)  # packed bytes of one K step
+    x_col = xq_ptr + offs_m[None, :] * stride_xm
+    w_row = w_ptr + offs_n[:, None] * stride_wn
+
+    n_iters = tl.cdiv(K_HALF, BLOCK_K // 2)
+    iters_per_split = tl.cdiv(n_iters, SPLIT_K)
+    it_start = pid_k * iters_per_split
+    it_end = tl.minimum(it_start + iters_per_split, n_iters)
+
+    acc_i = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+    acc_f = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for it in range(it_start, it_end):
+        k_lo = it * (BLOCK_K // 2) + offs_b  # low nibbles: k in [0, K_pad/2)
+        k_hi = K_HALF + k_lo  # high nibbles: k in [K_pad/2, K_pad)
+        x_lo = tl.load(x_col + k_lo[:, None] * stride_xk, mask=mask_m[None, :] & (k_lo[:, None] < K), other=0)
+        x_hi = tl.load(x_col + k_hi[:, None] * stride_xk, mask=mask_m[None, :] & (k_hi[:, None] < K), other=0)
+        w = tl.load(w_row + k_lo[None, :] * stride_wb, mask=mask_n[:, None] & (k_lo[None, :] < K_HALF), other=0,
+                    eviction_policy="evict_first")  # each weight byte is read once per M block
+        w_lo = (w << 4) >> 4  # arithmetic shifts on int8 sign-extend the nibbles
+        w_hi = w >> 4
+        if GROUP_SIZE == 0:
+            acc_i = tl.dot(w_lo, x_lo, acc_i, out_dtype=tl.int32)
+            acc_i = tl.dot(w_hi, x_hi, acc_i, out_dtype=tl.int32)
+        else:  # BLOCK_K / 2 <= GROUP_SIZE: each half lies in one group; K_HALF starts a group
+            g_lo = (it * (BLOCK_K // 2)) // GROUP_SIZE
+            s_lo = tl.load(ws_ptr + g_lo * stride_sg + offs_n * stride_sn, mask=mask_n, other=0.0)
+            hi_ok = (K_HALF + it * (BLOCK_K // 2) + 0 * offs_n) < K  # padded groups have no scale
+            s_hi = tl.load(ws_ptr + (g_lo + K_HALF // GROUP_SIZE) * stride_sg + offs_n * stride_sn,
+                           mask=mask_n & hi_ok, other=0.0)
+            acc_f += tl.dot(w_lo, x_lo, out_dtype=tl.int32).to(tl.float32) * s_lo[:, None]
+            acc_f += tl.dot(w_hi, x_hi, out_dtype=tl.int32).to(tl.float32) * s_hi[:, None]
+
+    x_scale = tl.load(xs_ptr + offs_m * stride_xsm, mask=mask_m, other=0.0)
+    if GROUP_SIZE == 0:
+        w_scale = tl.load(ws_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
+        out = acc_i.to(tl.float32) * w_scale[:, None] * x_scale[None, :]
+    else:
+        out = acc_f * x_scale[None, :]
+    out_ptrs = out_ptr + pid_k * stride_os + offs_m[None, :] * stride_om + offs_n[:, None] * stride_on
+    mask = mask_n[:, None] & mask_m[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(out_ptrs, out, mask=mask)  # fp32 partial, summed by _split_k_reduce_kernel
+
+
+@triton.jit
+def _split_k_reduce_kernel(
+    # pointers
+    part_ptr, bias_ptr, out_ptr,
+    # sizes
+    M, N,
+    # strides
+    stride_ps, stride_pm, stride_om, stride_on,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    m = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):  # fixed order: the same bits on every call
+        acc += tl.load(part_ptr + s * stride_ps + m * stride_pm + offs_n, mask=mask_n, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(out_ptr + m * stride_om + offs_n * stride_on, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: small splits keep the CPU tests fast but still exercise split-K
+
+
+@functools.lru_cache(maxsize=4096)
+def candidate_configs(m: int, n: int, k: int, group_size: int, device: torch.device) -> list[dict]:
+    """Launch configs worth timing for this problem; the first is the untuned default."""
+    bk_max = 512 if group_size == -1 else 2 * group_size  # each half of a step within one group
+    k_pad = padded_k(k, group_size)
+    configs = []
+    if m <= DECODE_MAX_M:
+        sms = _sm_count(device)
+        for bn in (128, 64, 256):
+            for bk in [b for b in (256, 512) if b <= bk_max] or [bk_max]:
+                n_iters = triton.cdiv(k_pad, bk)
+                # Default split: enough programs for ~2 waves of the SMs.
+                want = max(1, 2 * sms // triton.cdiv(n, bn))
+                default_split = min(16, n_iters, triton.next_power_of_2(want))
+                splits = [default_split] + [s for s in (1, 2, 4, 8, 16) if s != default_split and s <= n_iters]
+                for split in splits:
+                    configs.append(dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
+                                        GROUP_N=1, num_warps=4, num_stages=4))
+        return configs
+    tiles = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_N is wgmma's M side
+        (128, 128, 256, 8, 3), (128, 128, 128, 8, 4), (256, 128, 128, 8, 3), (128, 256, 128, 8, 3),
+        (64, 128, 256, 4, 4), (64, 256, 128, 8, 3), (32, 128, 256, 4, 4), (64, 64, 256, 4, 4),
+        (32, 64, 512, 4, 4), (128, 64, 256, 4, 4),
+    ]
+    if m <= 64:  # small prefill: small BLOCK_M first
+        tiles.sort(key=lambda t: t[0])
+    seen = set()
+    for bm, bn, bk, warps, stages in tiles:
+        bk = min(bk, bk_max)
+        if (bm, bn, bk, warps, stages) in seen:
+            continue
+        seen.add((bm, bn, bk, warps, stages))
+        configs.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1, GROUP_N=8,
+                            num_warps=warps, num_stages=stages))
+    return configs
+
+
+def _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config) -> torch.Tensor:
+    m, k = x_q.shape
+    n = packed_w.shape[0]
+    split = config["SPLIT_K"]
+    out = torch.empty((m, n), dtype=out_dtype, device=x_q.device)
+    target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x_q.device)
+    stride_os = 0 if split == 1 else target.stride(0)
+    grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), split)
+    _w4a8_gemm_kernel[grid](
+        x_q, x_scale, packed_w, w_scale, bias if bias is not None else w_scale, target,
+        m, n, k, packed_w.shape[1],
+        x_q.stride(0), x_q.stride(1), x_scale.stride(0),
+        packed_w.stride(0), packed_w.stride(1),
+        w_scale.stride(0), w_scale.stride(1),
+        stride_os, target.stride(-2), target.stride(-1),
+        GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, **config,
+    )
+    if split > 1:
+        block_n = 256
+        _split_k_reduce_kernel[(m, triton.cdiv(n, block_n))](
+            target, bias if bias is not None else target, out, m, n,
+            target.stride(0), target.stride(1), out.stride(0), out.stride(1),
+            HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK_N=block_n,
+        )
+    return out
+
+
+def w4a8_gemm(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, group_size: int = -1,
+              bias: torch.Tensor | None = None, *, x_scale: torch.Tensor | None = None,
+              out_dtype: torch.dtype | None = None, config: dict | None = None) -> torch.Tensor:
+    """W4A8 linear: x [M, K] times int4 weights, returns [M, N].
+
+    x: bf16/fp16/fp32 activations (quantized per token here), or int8 x_q with `x_scale`
+       fp32 [M, 1] from `per_token_quant_int8`.
+    packed_w: int8 [N, K_pad/2] from `packing.pack_w4a8` (or `repack_awq` / `repack_ct`).
+    w_scale: fp32 [G, N], G = 1 per channel or K / group_size.
+    bias: [N] or None. out_dtype defaults to x's dtype (bf16 for int8 input).
+    config: launch config for tests and benchmarks; autotuned when None.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"w4a8_gemm takes x [M, K], got shape {tuple(x.shape)}")
+    m, k = x.shape
+    check_group_size(k, group_size)
+    k_half = padded_k(k, group_size) // 2
+    if packed_w.dtype != torch.int8 or packed_w.dim() != 2 or packed_w.shape[1] != k_half:
+        raise ValueError(f"packed_w must be int8 [N, {k_half}] for K={k}, group_size={group_size} (pack_w4a8), "
+                         f"got {packed_w.dtype} {tuple(packed_w.shape)}")
+    n = packed_w.shape[0]
+    n_groups = 1 if group_size == -1 else k // group_size
+    if tuple(w_scale.shape) != (n_groups, n) or w_scale.dtype != torch.float32:
+        raise ValueError(f"w_scale must be fp32 [{n_groups}, {n}] for K={k}, group_size={group_size}, "
+                         f"got {w_scale.dtype} {tuple(w_scale.shape)}")
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if x.dtype == torch.int8:
+        if x_scale is None:
+            raise ValueError("int8 x needs x_scale [M, 1] from per_token_quant_int8")
+        x_q, out_dtype = x, out_dtype or torch.bfloat16
+    else:
+        x_q, x_scale = per_token_quant_int8(x)
+        out_dtype = out_dtype or x.dtype
+    if m == 0:
+        return torch.empty((0, n), dtype=out_dtype, device=x.device)
+
+    def launch(cfg: dict) -> torch.Tensor:
+        return _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, cfg)
+
+    if config is None:
+        key = f"w4a8|N{n}|K{k}|g{group_size}|M{m_bucket(m)}|{out_dtype}"
+        config = pick_config(key, candidate_configs(m_bucket(m), n, k, group_size, x.device), launch, x.device)
+    return launch(config)

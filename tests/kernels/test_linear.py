@@ -1,0 +1,72 @@
+"""W4A8Linear: construction from float and from both on-disk formats, both execution paths."""
+
+import pytest
+import torch
+from torch import nn
+
+from kernels import W4A8Linear, pack_awq, pack_ct, quantize_weight, w4a8_linear_ref
+
+from .test_w4a8_gemm import assert_matches_contract
+
+
+@pytest.mark.parametrize("group_size", [-1, 32, 128])
+@pytest.mark.parametrize("use_triton", [True, False])
+def test_from_float_matches_reference(device, group_size, use_triton):
+    linear = nn.Linear(256, 128, bias=True).to(torch.bfloat16)
+    layer = W4A8Linear.from_float(linear, group_size, use_triton=use_triton).to(device)
+    assert {name for name, _ in layer.named_parameters()} == set()  # buffers only
+    x = torch.randn(2, 5, 256, dtype=torch.bfloat16)
+    q, scales = quantize_weight(linear.weight, group_size)
+    ref = w4a8_linear_ref(x.reshape(10, 256), q, scales, linear.bias.detach()).reshape(2, 5, 128)
+    assert_matches_contract(layer(x.to(device)), ref.to(device))
+
+
+def test_triton_and_torch_paths_agree(device):
+    layer = W4A8Linear.from_float(nn.Linear(384, 256, bias=False), 64).to(device)
+    x = torch.randn(7, 384, dtype=torch.bfloat16, device=device)
+    y_triton = layer(x)
+    layer.use_triton = False
+    torch.testing.assert_close(y_triton.float(), layer(x).float(), rtol=2**-7, atol=1e-3)
+
+
+@pytest.mark.parametrize("group_size", [-1, 128])
+def test_from_packed_formats_match_from_quantized(device, group_size):
+    w = torch.randn(64, 256)
+    q, scales = quantize_weight(w, group_size)  # scales [N, G]
+    ref = W4A8Linear.from_quantized(q, scales)
+    awq = W4A8Linear.from_packed(pack_awq(q), scales.t().half(), fmt="awq", in_features=256)
+    ct = W4A8Linear.from_packed(pack_ct(q), scales.half(), fmt="compressed-tensors", in_features=256)
+    kernel = W4A8Linear.from_packed(ref.qweight, ref.scales, fmt="kernel", in_features=256)
+    x = torch.randn(3, 256, dtype=torch.bfloat16, device=device)
+    # the formats store fp16 scales: compare those two exactly, the fp32 ones within fp16 rounding
+    assert torch.equal(awq.to(device)(x), ct.to(device)(x))
+    assert torch.equal(ref.to(device)(x), kernel.to(device)(x))
+    torch.testing.assert_close(awq(x).float(), ref(x).float(), rtol=2e-2, atol=1e-2)
+
+
+def test_state_dict_round_trip_through_meta(device):
+    layer = W4A8Linear.from_float(nn.Linear(256, 64, bias=True), 128)
+    with torch.device("meta"):
+        empty = W4A8Linear(256, 64, 128, bias=True, bias_dtype=torch.float32)
+    empty.load_state_dict(layer.state_dict(), assign=True)
+    x = torch.randn(2, 256, device=device)
+    assert torch.equal(empty.to(device)(x), layer.to(device)(x))
+
+
+def test_unsupported_shapes_are_named():
+    with pytest.raises(ValueError, match="K=200 is not a multiple of group_size=128"):
+        W4A8Linear(200, 64, 128)
+    with pytest.raises(ValueError, match="out_features N=60 must be a multiple of 8"):
+        W4A8Linear.from_float(nn.Linear(128, 60), -1)
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        W4A8Linear.from_packed(torch.zeros(8, 8), torch.ones(1, 8), fmt="gptq", in_features=64)
+    with pytest.raises(ValueError, match="in_features=128"):
+        W4A8Linear(128, 64)(torch.randn(2, 64))
+
+
+def test_cpu_without_interpreter_falls_back_to_torch(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    layer = W4A8Linear.from_float(nn.Linear(128, 64), -1)
+    with pytest.warns(UserWarning, match="torch path"):
+        y = layer(torch.randn(2, 128))
+    assert y.shape == (2, 64) and layer.use_triton is False
