@@ -1,7 +1,7 @@
 """Launch-config selection for the GEMM kernels: tuned per GPU, keyed on bucketed M.
 
-A config is picked once per (kernel, N, K, group, M bucket) by timing every candidate with
-`triton.testing.do_bench`, then kept in memory and in a JSON file per GPU name under the user
+A config is picked once per (kernel, N, K, group, M bucket) by timing every candidate on the
+GPU (CUDA-graph replays, so Python launch overhead does not decide), then kept in memory and in a JSON file per GPU name under the user
 cache dir (`$WB_CACHE_DIR` or `~/.cache/porting-workbench/autotune/<gpu>.json`), so a second
 process on the same GPU never tunes again. M is bucketed to the next power of two (1, 2, 4, ...,
 4096 and above), so decode steps that grow M by one reuse one entry.
@@ -75,21 +75,41 @@ def _cache_for(device: torch.device) -> ConfigCache:
     return _caches[index]
 
 
+GRAPH_CALLS = 10  # launches per timed CUDA graph
+
+
+def _gpu_ms(fn: Callable[[], object]) -> float:
+    """Median GPU milliseconds per call, from replays of a CUDA graph of GRAPH_CALLS calls.
+
+    Timing eager calls would measure Python launch overhead for small layers (a decode GEMM
+    runs in 5-20 us, its Python launch path takes about as long) and pick configs at random.
+    """
+    from triton.testing import do_bench
+
+    fn()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPH_CALLS):
+            fn()
+    return do_bench(graph.replay, warmup=5, rep=25, return_mode="median") / GRAPH_CALLS
+
+
 def pick_config(key: str, candidates: list[dict], launch: Callable[[dict], None],
                 device: torch.device) -> dict:
     """Return the fastest candidate for `key`, timing each with `launch(config)` on first use."""
     if device.type != "cuda" or interpreting() or os.environ.get("WB_AUTOTUNE", "1") == "0":
         return candidates[0]
+    if torch.cuda.is_current_stream_capturing():  # first call inside a graph capture: no timing
+        return _cache_for(device).get(key) or candidates[0]
     cache = _cache_for(device)
     hit = cache.get(key)
     if hit is not None and hit in candidates:
         return hit
-    from triton.testing import do_bench
-
     best, best_ms = candidates[0], float("inf")
     for config in candidates:
         try:
-            ms = do_bench(lambda: launch(config), warmup=5, rep=25, return_mode="median")
+            ms = _gpu_ms(lambda: launch(config))
         except OutOfResources:  # this tile needs more shared memory than the GPU has
             continue
         if ms < best_ms:

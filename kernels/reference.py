@@ -45,7 +45,10 @@ def dequantize_weight(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 def _per_token_quant(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     xf = x.to(torch.float32)
-    scale = xf.abs().amax(dim=-1, keepdim=True) / qmax  # [M, 1]
+    amax = xf.abs().amax(dim=-1, keepdim=True)  # [M, 1]
+    # Divide by a tensor, not the Python number: CUDA torch turns `t / 127` into t * (1/127),
+    # one ulp off IEEE division (seen on an H100), and the contract must not depend on the device.
+    scale = amax / torch.full_like(amax, qmax)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # zero row -> x_q = 0, s = 0
     q = torch.clamp(torch.round(xf / safe), -qmax - 1, qmax).to(torch.int8)
     return q, scale

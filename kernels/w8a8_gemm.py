@@ -14,6 +14,16 @@ from .autotune import m_bucket, pick_config
 
 
 @triton.jit
+def grouped_tile(pid, num_a, num_b, GROUP: tl.constexpr):
+    """Program id -> (tile index along a, along b), walking GROUP a-tiles per b-tile so that
+    programs running together share their b-operand tiles in L2 (Triton tutorial 03 order)."""
+    num_in_group = GROUP * num_b
+    first_a = (pid // num_in_group) * GROUP
+    group_len = tl.minimum(num_a - first_a, GROUP)
+    return first_a + (pid % num_in_group) % group_len, (pid % num_in_group) // group_len
+
+
+@triton.jit
 def _w8a8_gemm_kernel(
     # pointers
     xq_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
@@ -27,13 +37,7 @@ def _w8a8_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // num_pid_in_group) * GROUP_M
-    group_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % num_pid_in_group) % group_rows
-    pid_n = (pid % num_pid_in_group) // group_rows
+    pid_m, pid_n = grouped_tile(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

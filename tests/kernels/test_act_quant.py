@@ -13,8 +13,10 @@ def test_matches_reference_exactly(device, m, k, dtype):
     x_q, scale = per_token_quant_int8(x)
     ref_q, ref_scale = per_token_quant_int8_ref(x)
     assert x_q.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (m, 1)
-    assert torch.equal(x_q, ref_q)
-    assert torch.equal(scale, ref_scale)
+    bad = (x_q != ref_q).nonzero()
+    assert len(bad) == 0, f"{len(bad)} codes differ, first at {bad[0].tolist()}: x={x[tuple(bad[0])].item()!r} " \
+        f"s={ref_scale[bad[0][0], 0].item()!r} got {x_q[tuple(bad[0])].item()} want {ref_q[tuple(bad[0])].item()}"
+    assert torch.equal(scale, ref_scale), (scale - ref_scale).abs().max()
 
 
 def test_zero_rows_give_zero_codes_and_finite_scales(device):

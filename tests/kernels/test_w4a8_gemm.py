@@ -94,3 +94,4 @@ def test_bad_shapes_are_named(device):
         w4a8_gemm(x, packed, scales[:1], 128)
     with pytest.raises(ValueError, match="x_scale"):
         w4a8_gemm(torch.zeros(2, 256, dtype=torch.int8, device=device), packed, scales, 128)
+

@@ -10,10 +10,10 @@ from .test_w4a8_gemm import assert_matches_contract
 
 
 def make_problem(m, n, k, device):
-    x_q, x_scale = per_token_quant_int8(torch.randn(m, k))
-    w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
-    w_scale = torch.rand(n) / 100
-    return x_q.to(device), x_scale.to(device), w_q.to(device), w_scale.to(device)
+    x_q, x_scale = per_token_quant_int8(torch.randn(m, k, device=device))
+    w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, device=device)
+    w_scale = torch.rand(n, device=device) / 100
+    return x_q, x_scale, w_q, w_scale
 
 
 @pytest.mark.parametrize("m", [1, 3, 17, 100])
