@@ -1,0 +1,85 @@
+"""Run a W4A8 checkpoint: chat template, streamed output, timing.
+
+    python -m adapters.infer --model-dir DIR --prompt "..." [--system "..."] \
+        [--max-new-tokens 500] [--use-triton|--no-triton] [--device cuda]
+
+The family adapter is picked from config.json's model_type. The chat template is applied when
+the tokenizer has one; tokens are streamed as they are decoded; load time, prefill and decode
+time and decode tokens/s are printed at the end (to stderr, so stdout holds only the text).
+"""
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, TextStreamer
+
+ADAPTERS = {"qwen3": "adapters.qwen3", "qwen3_moe": "adapters.qwen3_moe", "ernie4_5": "adapters.ernie4_5",
+            "ernie4_5_moe": "adapters.ernie4_5_moe"}
+
+
+def adapter_for(model_dir: str | Path):
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.exists():
+        raise SystemExit(f"{model_dir}: no config.json (not a checkpoint directory)")
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    if model_type not in ADAPTERS:
+        raise SystemExit(f"{config_path}: model_type {model_type!r} has no adapter; supported: {sorted(ADAPTERS)}")
+    return importlib.import_module(ADAPTERS[model_type])
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--system", default=None, help="system prompt (chat template only)")
+    parser.add_argument("--max-new-tokens", type=int, default=500)
+    parser.add_argument("--use-triton", dest="use_triton", action="store_true", default=True,
+                        help="run the Triton W4A8 kernels (default)")
+    parser.add_argument("--no-triton", dest="use_triton", action="store_false", help="run the torch path")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    adapter = adapter_for(args.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    t0 = time.perf_counter()
+    model = adapter.load_model(args.model_dir, args.device, use_triton=args.use_triton)
+    _sync(args.device)
+    load_s = time.perf_counter() - t0
+    if tokenizer.chat_template:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+            [{"role": "user", "content": args.prompt}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = (args.system + "\n\n" if args.system else "") + args.prompt
+    input_ids = tokenizer(text, return_tensors="pt").input_ids.to(args.device)
+
+    t1 = time.perf_counter()
+    adapter.generate(model, input_ids, 1)  # prefill and the first token
+    _sync(args.device)
+    prefill_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                             max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
+    _sync(args.device)
+    total_s = time.perf_counter() - t2
+    new = out.shape[1] - input_ids.shape[1]
+    decode_s = max(total_s - prefill_s, 1e-9)
+    print(f"\n[{Path(args.model_dir).name}] {'triton' if args.use_triton else 'torch'} on {args.device}: "
+          f"load {load_s:.2f} s, prompt {input_ids.shape[1]} tokens, prefill {prefill_s * 1e3:.1f} ms, "
+          f"{new} new tokens in {total_s:.2f} s ({max(new - 1, 0) / decode_s:.1f} tok/s decode)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

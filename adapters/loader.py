@@ -1,0 +1,166 @@
+"""Build a transformers model with W4A8 layers and stream a quantized checkpoint into it.
+
+The model is built on the `meta` device (nothing allocated), its quantized linears and fused
+experts are swapped for buffer-only W4A8 modules, and each checkpoint tensor is read, repacked
+into the kernel layout if quantized, moved to the device and assigned in place. Peak host
+memory is one shard's tensors, not the model.
+
+The returned `LoadReport` lists checkpoint tensors nothing read, model tensors nothing loaded,
+and shape or dtype mismatches; `CheckpointError` (raised for any missing or mismatched tensor)
+names them and the checkpoint directory.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors import safe_open
+from torch import nn
+
+from kernels import W4A8Linear
+
+from .formats import QuantScheme, is_quantized_layer, parse_quant_config, to_kernel
+from .moe import W4A8Experts
+from .quantize import list_shards
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: the message names every offending tensor."""
+
+
+@dataclass
+class LoadReport:
+    unused: list[str] = field(default_factory=list)  # in the checkpoint, read by nothing
+    missing: list[str] = field(default_factory=list)  # in the model, never loaded
+    mismatched: list[str] = field(default_factory=list)  # "name: checkpoint ... vs model ..."
+
+    @property
+    def ok(self) -> bool:
+        return not (self.unused or self.missing or self.mismatched)
+
+    def raise_for_errors(self, where: str) -> None:
+        if self.missing or self.mismatched:
+            lines = [f"{where}: checkpoint does not fit the model"]
+            lines += [f"  missing: {name}" for name in self.missing]
+            lines += [f"  mismatched: {text}" for text in self.mismatched]
+            lines += [f"  unused: {name}" for name in self.unused]
+            raise CheckpointError("\n".join(lines))
+
+
+def swap_quantized_modules(model: nn.Module, config, group_size: int, use_triton: bool) -> list[str]:
+    """Replace quantized nn.Linear and fused-expert modules by W4A8 ones (on meta); return their names."""
+    swapped = []
+    for name, module in list(model.named_modules()):
+        parent_name, _, child = name.rpartition(".")
+        if isinstance(module, nn.Linear) and is_quantized_layer(name):
+            try:
+                new = W4A8Linear(module.in_features, module.out_features, group_size, module.bias is not None,
+                                 use_triton, device="meta")
+            except ValueError as err:
+                raise CheckpointError(f"layer {name}: {err}") from err
+        elif hasattr(module, "gate_up_proj") and hasattr(module, "down_proj") and name.endswith("experts"):
+            num_experts, two_i, hidden = module.gate_up_proj.shape
+            new = W4A8Experts(num_experts, hidden, two_i // 2, config.hidden_act, group_size, use_triton, "meta")
+        else:
+            continue
+        setattr(model.get_submodule(parent_name), child, new)
+        swapped.append(name)
+    return swapped
+
+
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if attr in module._parameters:
+        module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+    else:
+        module._buffers[attr] = tensor
+
+
+def load_quantized(model_dir: str | Path, model_cls: type, device: str | torch.device = "cpu",
+                   use_triton: bool = True, dtype: torch.dtype = torch.bfloat16,
+                   keep_fp32: tuple[str, ...] = (),
+                   renames: tuple[tuple[str, str], ...] = ()) -> tuple[nn.Module, LoadReport]:
+    """Load a W4A8 checkpoint into `model_cls` (an HF *ForCausalLM class).
+
+    keep_fp32: name fragments of float tensors kept in fp32 (e.g. Ernie's router and
+    e_score_correction_bias); every other float tensor is cast to `dtype`.
+    renames: (checkpoint fragment, model fragment) pairs for keys that transformers renames on
+    load (e.g. Ernie-MoE's `mlp.moe_statics` lives at `mlp.gate.moe_statics` in the module).
+    """
+    root = Path(model_dir)
+    config_path = root / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{root}: no config.json (not a checkpoint directory)")
+    scheme: QuantScheme = parse_quant_config(json.loads(config_path.read_text()), str(config_path))
+    config = transformers.AutoConfig.from_pretrained(root)
+    with torch.device("meta"):
+        model = model_cls(config)
+    swap_quantized_modules(model, config, scheme.group_size, use_triton)
+    expected = {k: v for k, v in model.state_dict(keep_vars=True).items()}
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    report = LoadReport()
+    loaded: set[str] = set()
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    layers = {name.removesuffix(".qweight") for name in expected if name.endswith(".qweight")}
+    for shard in list_shards(root):
+        with safe_open(shard, framework="pt") as f:
+            for ckpt_key in f.keys():
+                key = ckpt_key
+                for old, new in renames:
+                    key = key.replace(old, new)
+                layer, _, suffix = key.rpartition(".")
+                if layer in layers and suffix in scheme.tensor_suffixes:
+                    pending.setdefault(layer, {})[suffix] = f.get_tensor(ckpt_key)
+                    continue
+                if key not in expected:
+                    report.unused.append(ckpt_key)
+                    continue
+                t = f.get_tensor(ckpt_key)
+                want = expected[key]
+                if tuple(t.shape) != tuple(want.shape):
+                    report.mismatched.append(f"{key}: checkpoint {tuple(t.shape)} vs model {tuple(want.shape)}")
+                    continue
+                if t.is_floating_point():
+                    t = t.to(torch.float32 if any(s in key for s in keep_fp32) else dtype)
+                _assign(model, key, t.to(device))
+                loaded.add(key)
+    for layer, tensors in pending.items():
+        module = model.get_submodule(layer)
+        needed = [s for s in scheme.tensor_suffixes if s != "qzeros"]
+        if any(s not in tensors for s in needed):
+            report.missing += [f"{layer}.{s}" for s in needed if s not in tensors]
+            continue
+        try:
+            packed, scales = to_kernel(scheme, layer, tensors, module.in_features)
+        except ValueError as err:
+            report.mismatched.append(f"{layer}: {err}")
+            continue
+        if packed.shape != module.qweight.shape or scales.shape != module.scales.shape:
+            report.mismatched.append(f"{layer}: checkpoint holds [{scales.shape[1]} x {2 * packed.shape[1]}] with "
+                                     f"{scales.shape[0]} scale groups, model wants [{module.out_features} x "
+                                     f"{module.in_features}] with {module.scales.shape[0]}")
+            continue
+        _assign(model, f"{layer}.qweight", packed.to(device))
+        _assign(model, f"{layer}.scales", scales.to(device))
+        loaded |= {f"{layer}.qweight", f"{layer}.scales"}
+    report.missing += sorted(name for name in expected if name not in loaded
+                             and not name.endswith((".qweight", ".scales")))
+    report.missing += sorted(f"{layer}.qweight" for layer in layers if layer not in pending)
+    report.raise_for_errors(str(root))
+    _finish(model, config, device)
+    return model, report
+
+
+def _finish(model: nn.Module, config, device) -> None:
+    """Tie embeddings, rebuild the rotary tables (non-persistent buffers) on the device, eval mode."""
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    with torch.device(device):
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    leftovers = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    assert not leftovers, f"tensors left on meta after load: {leftovers}"
+    model.eval()

@@ -1,0 +1,127 @@
+"""Tiny random-weight HF checkpoints for every adapter family (nothing comes from a hub).
+
+    python -m adapters.tiny qwen3 /tmp/tiny-qwen3 [--tier cpu|triton] [--seed 0]
+
+Each checkpoint exercises the quirks ports get wrong (../shared/REFERENCE.md): heads * head_dim
+!= hidden, GQA, Qwen3 q_norm/k_norm (set away from 1 so that skipping them changes the
+output), Ernie's interleaved rope, Ernie-MoE's dense layer 0, shared experts and a nonzero
+e_score_correction_bias. The "cpu" tier is small enough for the Triton interpreter; the
+"triton" tier has Triton-friendly sizes (hidden 256, head_dim 128, K multiples of 128).
+A small byte-level BPE tokenizer with a ChatML template is trained offline on a built-in text,
+so the chat path of `adapters.infer` works on these models too.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+FAMILIES = ("qwen3", "qwen3_moe", "ernie4_5", "ernie4_5_moe")
+TIERS = {
+    "cpu": dict(hidden_size=64, head_dim=32, intermediate_size=128, moe_intermediate_size=32),
+    "triton": dict(hidden_size=256, head_dim=128, intermediate_size=512, moe_intermediate_size=128),
+}
+VOCAB_SIZE = 512
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = """The quick brown fox jumps over the lazy dog. Quantized inference keeps weights in four bits
+and activations in eight bits. A transformer layer has attention, a feed-forward block and norms.
+Mixture of experts routes every token to a few experts chosen by a router. Write a haiku about GPUs.
+Hello! How are you today? Tell me about the weather, the mountains and the sea. 0123456789 +-*/=
+"""
+
+
+def make_config(family: str, tier: str = "cpu") -> transformers.PretrainedConfig:
+    """The HF config of a tiny model of `family` (see FAMILIES) at `tier` (cpu or triton)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; choose one of {tuple(TIERS)}")
+    size = TIERS[tier]
+    common = dict(vocab_size=VOCAB_SIZE, hidden_size=size["hidden_size"], num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=size["head_dim"], intermediate_size=size["intermediate_size"],
+                  max_position_embeddings=512, bos_token_id=None, eos_token_id=2, pad_token_id=0)
+    if family == "qwen3":
+        return transformers.Qwen3Config(num_hidden_layers=2, tie_word_embeddings=True, **common)
+    if family == "qwen3_moe":
+        return transformers.Qwen3MoeConfig(num_hidden_layers=2, tie_word_embeddings=False, num_experts=8,
+                                           num_experts_per_tok=2, moe_intermediate_size=size["moe_intermediate_size"],
+                                           norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                                           **common)
+    if family == "ernie4_5":
+        return transformers.Ernie4_5Config(num_hidden_layers=2, tie_word_embeddings=True, use_bias=False, **common)
+    return transformers.Ernie4_5_MoeConfig(num_hidden_layers=3, tie_word_embeddings=True, use_bias=False,
+                                           moe_num_experts=8, moe_k=2,
+                                           moe_intermediate_size=size["moe_intermediate_size"],
+                                           moe_num_shared_experts=2, moe_layer_start_index=1,
+                                           moe_layer_end_index=2, moe_layer_interval=1, **common)
+
+
+def model_class(config: transformers.PretrainedConfig) -> type:
+    return {"qwen3": transformers.Qwen3ForCausalLM, "qwen3_moe": transformers.Qwen3MoeForCausalLM,
+            "ernie4_5": transformers.Ernie4_5ForCausalLM,
+            "ernie4_5_moe": transformers.Ernie4_5_MoeForCausalLM}[config.model_type]
+
+
+def make_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A byte-level BPE of VOCAB_SIZE tokens trained on CORPUS, with a ChatML template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([CORPUS] * 4, trainer=trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                                pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@torch.no_grad()
+def make(family: str, out_dir: str | Path, tier: str = "cpu", seed: int = 0,
+         dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write a random-weight HF checkpoint (config, safetensors, tokenizer) and return its dir."""
+    config = make_config(family, tier)
+    tokenizer = make_tokenizer()
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = model_class(config)(config)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):  # RMSNorm weights start at 1: move them so they matter
+            p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        elif p.dim() >= 2:
+            p.normal_(0.0, 0.5 / p.shape[-1] ** 0.5)  # unit-ish activations through every layer
+    for name, buf in model.named_buffers():
+        if "e_score_correction_bias" in name:  # Ernie-MoE: the bias only selects experts
+            buf.copy_(0.05 * torch.randn_like(buf))
+    model.to(dtype)
+    for name, p in model.named_parameters():  # routers stay fp32, as in the released checkpoints
+        if name.endswith("mlp.gate.weight"):
+            p.data = p.data.float()
+    for name, buf in model.named_buffers():
+        if "e_score_correction_bias" in name:
+            buf.data = buf.data.float()
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("family", choices=FAMILIES)
+    parser.add_argument("out_dir")
+    parser.add_argument("--tier", choices=tuple(TIERS), default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(make(args.family, args.out_dir, args.tier, args.seed))
+
+
+if __name__ == "__main__":
+    main()
