@@ -63,23 +63,33 @@ def main(argv: list[str] | None = None) -> None:
         text = (args.system + "\n\n" if args.system else "") + args.prompt
     input_ids = tokenizer(text, return_tensors="pt").input_ids.to(args.device)
 
+    streamer = _TimedStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     t1 = time.perf_counter()
-    adapter.generate(model, input_ids, 1)  # prefill and the first token
-    _sync(args.device)
-    prefill_s = time.perf_counter() - t1
-    t2 = time.perf_counter()
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                              max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
+                             streamer=streamer)
     _sync(args.device)
-    total_s = time.perf_counter() - t2
+    t_end = time.perf_counter()
     new = out.shape[1] - input_ids.shape[1]
-    decode_s = max(total_s - prefill_s, 1e-9)
+    first = streamer.t_first_token or t_end
+    decode_tps = (new - 1) / (t_end - first) if new > 1 and t_end > first else float("nan")
     print(f"\n[{Path(args.model_dir).name}] {'triton' if args.use_triton else 'torch'} on {args.device}: "
-          f"load {load_s:.2f} s, prompt {input_ids.shape[1]} tokens, prefill {prefill_s * 1e3:.1f} ms, "
-          f"{new} new tokens in {total_s:.2f} s ({max(new - 1, 0) / decode_s:.1f} tok/s decode)", file=sys.stderr)
+          f"load {load_s:.2f} s, prompt {input_ids.shape[1]} tokens, first token {(first - t1) * 1e3:.0f} ms, "
+          f"{new} new tokens in {t_end - t1:.2f} s ({decode_tps:.1f} tok/s decode)", file=sys.stderr)
 
+
+class _TimedStreamer(TextStreamer):
+    """TextStreamer that notes when the first generated token arrives (its first put is the prompt)."""
+
+    t_first_token: float | None = None
+    _puts = 0
+
+    def put(self, value):
+        self._puts += 1
+        if self._puts == 2:
+            self.t_first_token = time.perf_counter()
+        super().put(value)
 
 if __name__ == "__main__":
     main()

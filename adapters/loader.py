@@ -140,9 +140,10 @@ def load_quantized(model_dir: str | Path, model_cls: type, device: str | torch.d
             report.mismatched.append(f"{layer}: {err}")
             continue
         if packed.shape != module.qweight.shape or scales.shape != module.scales.shape:
-            report.mismatched.append(f"{layer}: checkpoint holds [{scales.shape[1]} x {2 * packed.shape[1]}] with "
-                                     f"{scales.shape[0]} scale groups, model wants [{module.out_features} x "
-                                     f"{module.in_features}] with {module.scales.shape[0]}")
+            report.mismatched.append(f"{layer}: checkpoint gives packed {tuple(packed.shape)}, scales "
+                                     f"{tuple(scales.shape)}; model wants {tuple(module.qweight.shape)}, "
+                                     f"{tuple(module.scales.shape)} (in {module.in_features}, out "
+                                     f"{module.out_features}, group {module.group_size})")
             continue
         _assign(model, f"{layer}.qweight", packed.to(device))
         _assign(model, f"{layer}.scales", scales.to(device))

@@ -92,21 +92,18 @@ def make(family: str, out_dir: str | Path, tier: str = "cpu", seed: int = 0,
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
     model = model_class(config)(config)
+    keep_fp32 = ("mlp.gate.weight", "e_score_correction_bias")  # as in the released checkpoints
     for name, p in model.named_parameters():
         if name.endswith("norm.weight"):  # RMSNorm weights start at 1: move them so they matter
             p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        elif "e_score_correction_bias" in name:  # Ernie-MoE: nonzero, so that it changes selection
+            p.copy_(0.05 * torch.randn_like(p))
         elif p.dim() >= 2:
             p.normal_(0.0, 0.5 / p.shape[-1] ** 0.5)  # unit-ish activations through every layer
-    for name, buf in model.named_buffers():
-        if "e_score_correction_bias" in name:  # Ernie-MoE: the bias only selects experts
-            buf.copy_(0.05 * torch.randn_like(buf))
     model.to(dtype)
-    for name, p in model.named_parameters():  # routers stay fp32, as in the released checkpoints
-        if name.endswith("mlp.gate.weight"):
+    for name, p in model.named_parameters():
+        if name.endswith(keep_fp32):
             p.data = p.data.float()
-    for name, buf in model.named_buffers():
-        if "e_score_correction_bias" in name:
-            buf.data = buf.data.float()
     out = Path(out_dir)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

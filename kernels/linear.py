@@ -49,6 +49,8 @@ class W4A8Linear(nn.Module):
                  use_triton: bool = True, device=None, bias_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         check_linear_shape(in_features, out_features, group_size)
+        if group_size == in_features:  # one group is per channel; keep one layout for both
+            group_size = -1
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.use_triton = use_triton
         n_groups = 1 if group_size == -1 else in_features // group_size
