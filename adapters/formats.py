@@ -7,6 +7,13 @@ Formats (../shared/ARCHITECTURE.md, "Checkpoint formats"):
 - `compressed-tensors` pack-quantized: `<layer>.weight_packed` int32 [N, K/8], `.weight_scale`
   [N, G], `.weight_shape` int64 [2]; its `int-quantized` variant stores int4 values unpacked in
   an int8 `<layer>.weight`. Config under `quantization_config` or (llmc) `compression_config`.
+- `awq` asymmetric (AutoAWQ / llmc `save_autoawq`, W4A16 checkpoints): as awq-sym plus
+  `<layer>.qzeros` int32 [G, N/8]; run as W4A8 by quantizing activations on the fly, the zero
+  points folded into a per-group correction (`W4A8Linear(zero_points=True)`).
+- `int8-stored` (the seed's older testing format): int4 values in an int8 `<layer>.weight`
+  [N, K] with `<layer>.weight_scale` [N, G]; config `{quant_method: int8-stored, bits: 4, group_size}`.
+- W8A8 (SmoothQuant-style, compressed-tensors `int-quantized` with 8-bit weights): int8
+  `<layer>.weight` [N, K] and per-channel `<layer>.weight_scale` [N, 1], run by `W8A8Linear`.
 Every format is turned into the kernel layout once, at load time (`to_kernel`).
 """
 
@@ -15,7 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.packing import pack_awq, pack_ct, pack_w4a8, repack_awq, repack_ct, scales_to_kernel, unpack_nibbles_awq
+from kernels import W4A8Linear, W8A8Linear
+from kernels.packing import (pack_awq, pack_ct, pack_w4a8, repack_awq, repack_ct, scales_to_kernel, unpack_awq,
+                             unpack_nibbles_awq)
 
 FORMATS = ("awq-sym", "compressed-tensors")
 # Linear layers the W4A8 contract quantizes: attention and MLP projections, including routed
@@ -32,14 +41,26 @@ def is_quantized_layer(name: str) -> bool:
 class QuantScheme:
     """What a checkpoint's quantization config says, reduced to what the loader needs."""
 
-    format: str  # "awq-sym" | "ct-packed" | "ct-int"
+    format: str  # "awq-sym" | "awq-asym" | "ct-packed" | "ct-int" | "int8-stored" | "w8a8"
     group_size: int  # -1 = per output channel
 
     @property
     def tensor_suffixes(self) -> tuple[str, ...]:
-        return {"awq-sym": ("qweight", "scales", "qzeros"),
-                "ct-packed": ("weight_packed", "weight_scale", "weight_shape"),
-                "ct-int": ("weight", "weight_scale")}[self.format]
+        """Checkpoint tensors of one quantized layer (`<layer>.<suffix>`), bias aside."""
+        return {"awq-sym": ("qweight", "scales", "qzeros"), "awq-asym": ("qweight", "scales", "qzeros"),
+                "ct-packed": ("weight_packed", "weight_scale", "weight_shape")}.get(self.format,
+                                                                                 ("weight", "weight_scale"))
+
+    @property
+    def required_suffixes(self) -> tuple[str, ...]:
+        return tuple(s for s in self.tensor_suffixes if not (s == "qzeros" and self.format == "awq-sym"))
+
+    def make_linear(self, in_features: int, out_features: int, bias: bool, use_triton: bool, device=None):
+        """The module one quantized layer of this scheme loads into."""
+        if self.format == "w8a8":
+            return W8A8Linear(in_features, out_features, bias, use_triton, device)
+        return W4A8Linear(in_features, out_features, self.group_size, bias, use_triton, device,
+                          zero_points=self.format == "awq-asym")
 
 
 def parse_quant_config(config: dict, where: str) -> QuantScheme:
@@ -52,26 +73,33 @@ def parse_quant_config(config: dict, where: str) -> QuantScheme:
     if method == "awq":
         if qc.get("bits", 4) != 4:
             raise ValueError(f"{where}: quantization_config.bits={qc.get('bits')}, only 4-bit AWQ is supported")
-        if qc.get("zero_point", True):
-            raise ValueError(f"{where}: quantization_config.zero_point=true (asymmetric AutoAWQ) is not supported "
-                             "yet; re-quantize symmetric with `python -m adapters.quantize --format awq-sym`")
-        return QuantScheme("awq-sym", int(qc.get("group_size", 128)))
+        return QuantScheme("awq-asym" if qc.get("zero_point", True) else "awq-sym", int(qc.get("group_size", 128)))
+    if method == "int8-stored":
+        if qc.get("bits", 4) != 4:
+            raise ValueError(f"{where}: int8-stored holds int4 values, got bits={qc.get('bits')}")
+        return QuantScheme("int8-stored", int(qc.get("group_size", -1)))
     if method == "compressed-tensors":
         fmt = qc.get("format")
         groups = qc.get("config_groups") or {}
         if len(groups) != 1:
             raise ValueError(f"{where}: compressed-tensors config_groups must hold exactly one group, got {list(groups)}")
         weights = next(iter(groups.values())).get("weights") or {}
-        if weights.get("num_bits") != 4 or not weights.get("symmetric", False):
-            raise ValueError(f"{where}: config_groups weights must be 4-bit symmetric, got {weights}")
         group_size = -1 if weights.get("strategy") == "channel" else int(weights.get("group_size") or -1)
+        if weights.get("num_bits") == 8 and weights.get("symmetric", False) and fmt == "int-quantized":
+            if group_size != -1:
+                raise ValueError(f"{where}: 8-bit weights must be per channel (strategy: channel), got {weights}")
+            return QuantScheme("w8a8", -1)
+        if weights.get("num_bits") != 4 or not weights.get("symmetric", False):
+            raise ValueError(f"{where}: config_groups weights must be 4-bit symmetric (or 8-bit int-quantized), "
+                             f"got {weights}")
         if fmt == "pack-quantized":
             return QuantScheme("ct-packed", group_size)
         if fmt == "int-quantized":
             return QuantScheme("ct-int", group_size)
         raise ValueError(f"{where}: compressed-tensors format {fmt!r} is not supported; "
                          "choose pack-quantized or int-quantized")
-    raise ValueError(f"{where}: quant_method {method!r} is not supported; choose awq or compressed-tensors")
+    raise ValueError(f"{where}: quant_method {method!r} is not supported; choose awq, compressed-tensors "
+                     "or int8-stored")
 
 
 def quant_config(fmt: str, group_size: int) -> dict:
@@ -104,18 +132,32 @@ def from_quantized(fmt: str, q: torch.Tensor, scales: torch.Tensor) -> dict[str,
 
 
 def to_kernel(scheme: QuantScheme, layer: str, tensors: dict[str, torch.Tensor],
-              in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer's checkpoint tensors -> kernel layout (packed int8 [N, K_pad/2], scales fp32 [G, N])."""
-    if scheme.format == "awq-sym":
-        qzeros = tensors.get("qzeros")
-        if qzeros is not None and not bool((unpack_nibbles_awq(qzeros) == 8).all()):
-            raise ValueError(f"{layer}.qzeros: zero points other than 8 make this asymmetric AWQ, not awq-sym")
-        return repack_awq(tensors["qweight"], tensors["scales"])
-    if scheme.format == "ct-packed":
-        return repack_ct(tensors["weight_packed"], tensors["weight_scale"], tensors["weight_shape"].tolist())
-    q = tensors["weight"]
-    if q.dtype != torch.int8 or q.shape[1] != in_features:
-        raise ValueError(f"{layer}.weight: int-quantized needs int8 [N, {in_features}], got {q.dtype} {tuple(q.shape)}")
-    scale = tensors["weight_scale"]
+              in_features: int) -> dict[str, torch.Tensor]:
+    """One layer's checkpoint tensors -> the buffers of its module (`scheme.make_linear`)."""
+    fmt = scheme.format
+    if fmt in ("awq-sym", "awq-asym"):
+        zeros = unpack_nibbles_awq(tensors["qzeros"]).to(torch.int16) if "qzeros" in tensors else None
+        if fmt == "awq-sym":
+            if zeros is not None and not bool((zeros == 8).all()):
+                raise ValueError(f"{layer}.qzeros: zero points other than 8 make this asymmetric AWQ, not awq-sym")
+            packed, scales = repack_awq(tensors["qweight"], tensors["scales"])
+            return {"qweight": packed, "scales": scales}
+        q = unpack_awq(tensors["qweight"])  # stored - 8, [N, K]
+        scales = tensors["scales"].to(torch.float32)  # [G, N]
+        if zeros is None or zeros.shape != scales.shape:
+            raise ValueError(f"{layer}.qzeros: need [{scales.shape[0]}, {scales.shape[1]}] zero points")
+        group_size = -1 if scales.shape[0] == 1 else in_features // scales.shape[0]
+        return {"qweight": pack_w4a8(q, group_size), "scales": scales.contiguous(),
+                "zeros": ((zeros - 8) * scales).contiguous()}
+    if fmt == "ct-packed":
+        packed, scales = repack_ct(tensors["weight_packed"], tensors["weight_scale"], tensors["weight_shape"].tolist())
+        return {"qweight": packed, "scales": scales}
+    q, scale = tensors["weight"], tensors["weight_scale"]
+    if q.dtype != torch.int8 or q.dim() != 2 or q.shape[1] != in_features:
+        raise ValueError(f"{layer}.weight: need int8 [N, {in_features}], got {q.dtype} {tuple(q.shape)}")
+    if fmt == "w8a8":
+        return {"weight": q, "weight_scale": scale.reshape(-1).to(torch.float32)}
+    if q.min() < -8 or q.max() > 7:
+        raise ValueError(f"{layer}.weight: int4 values must lie in [-8, 7], got [{q.min()}, {q.max()}]")
     group_size = -1 if scale.shape[-1] == 1 else in_features // scale.shape[-1]
-    return pack_w4a8(q, group_size), scales_to_kernel(scale)
+    return {"qweight": pack_w4a8(q, group_size), "scales": scales_to_kernel(scale)}

@@ -19,7 +19,7 @@ import transformers
 from safetensors import safe_open
 from torch import nn
 
-from kernels import W4A8Linear
+from kernels import W4A8Linear, W8A8Linear
 
 from .formats import QuantScheme, is_quantized_layer, parse_quant_config, to_kernel
 from .moe import W4A8Experts
@@ -49,25 +49,27 @@ class LoadReport:
             raise CheckpointError("\n".join(lines))
 
 
-def swap_quantized_modules(model: nn.Module, config, group_size: int, use_triton: bool) -> list[str]:
-    """Replace quantized nn.Linear and fused-expert modules by W4A8 ones (on meta); return their names."""
-    swapped = []
+def swap_quantized_modules(model: nn.Module, config, scheme: QuantScheme, use_triton: bool) -> set[str]:
+    """Replace quantized nn.Linear and fused-expert modules by quantized ones (on meta); return
+    the names of the quantized linears (experts' included)."""
+    def make_linear(name, in_features, out_features, bias):
+        try:
+            return scheme.make_linear(in_features, out_features, bias, use_triton, "meta")
+        except ValueError as err:
+            raise CheckpointError(f"layer {name}: {err}") from err
+
     for name, module in list(model.named_modules()):
         parent_name, _, child = name.rpartition(".")
         if isinstance(module, nn.Linear) and is_quantized_layer(name):
-            try:
-                new = W4A8Linear(module.in_features, module.out_features, group_size, module.bias is not None,
-                                 use_triton, device="meta")
-            except ValueError as err:
-                raise CheckpointError(f"layer {name}: {err}") from err
+            new = make_linear(name, module.in_features, module.out_features, module.bias is not None)
         elif hasattr(module, "gate_up_proj") and hasattr(module, "down_proj") and name.endswith("experts"):
             num_experts, two_i, hidden = module.gate_up_proj.shape
-            new = W4A8Experts(num_experts, hidden, two_i // 2, config.hidden_act, group_size, use_triton, "meta")
+            new = W4A8Experts(num_experts, hidden, two_i // 2, config.hidden_act,
+                              lambda i, o, name=name: make_linear(name, i, o, False))
         else:
             continue
         setattr(model.get_submodule(parent_name), child, new)
-        swapped.append(name)
-    return swapped
+    return {name for name, m in model.named_modules() if isinstance(m, (W4A8Linear, W8A8Linear))}
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -98,14 +100,13 @@ def load_quantized(model_dir: str | Path, model_cls: type, device: str | torch.d
     config = transformers.AutoConfig.from_pretrained(root)
     with torch.device("meta"):
         model = model_cls(config)
-    swap_quantized_modules(model, config, scheme.group_size, use_triton)
-    expected = {k: v for k, v in model.state_dict(keep_vars=True).items()}
+    layers = swap_quantized_modules(model, config, scheme, use_triton)
+    expected = dict(model.state_dict(keep_vars=True))
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
     report = LoadReport()
     loaded: set[str] = set()
     pending: dict[str, dict[str, torch.Tensor]] = {}
-    layers = {name.removesuffix(".qweight") for name in expected if name.endswith(".qweight")}
     for shard in list_shards(root):
         with safe_open(shard, framework="pt") as f:
             for ckpt_key in f.keys():
@@ -130,27 +131,27 @@ def load_quantized(model_dir: str | Path, model_cls: type, device: str | torch.d
                 loaded.add(key)
     for layer, tensors in pending.items():
         module = model.get_submodule(layer)
-        needed = [s for s in scheme.tensor_suffixes if s != "qzeros"]
-        if any(s not in tensors for s in needed):
-            report.missing += [f"{layer}.{s}" for s in needed if s not in tensors]
+        absent = [f"{layer}.{s}" for s in scheme.required_suffixes if s not in tensors]
+        if absent:
+            report.missing += absent
             continue
         try:
-            packed, scales = to_kernel(scheme, layer, tensors, module.in_features)
+            buffers = to_kernel(scheme, layer, tensors, module.in_features)
         except ValueError as err:
             report.mismatched.append(f"{layer}: {err}")
             continue
-        if packed.shape != module.qweight.shape or scales.shape != module.scales.shape:
-            report.mismatched.append(f"{layer}: checkpoint gives packed {tuple(packed.shape)}, scales "
-                                     f"{tuple(scales.shape)}; model wants {tuple(module.qweight.shape)}, "
-                                     f"{tuple(module.scales.shape)} (in {module.in_features}, out "
-                                     f"{module.out_features}, group {module.group_size})")
+        wrong = {k: tuple(v.shape) for k, v in buffers.items() if v.shape != getattr(module, k).shape}
+        if wrong:
+            want = {k: tuple(getattr(module, k).shape) for k in wrong}
+            report.mismatched.append(f"{layer}: checkpoint gives {wrong}; model wants {want} "
+                                     f"(in {module.in_features}, out {module.out_features})")
             continue
-        _assign(model, f"{layer}.qweight", packed.to(device))
-        _assign(model, f"{layer}.scales", scales.to(device))
-        loaded |= {f"{layer}.qweight", f"{layer}.scales"}
+        for attr, t in buffers.items():
+            _assign(model, f"{layer}.{attr}", t.to(device))
+            loaded.add(f"{layer}.{attr}")
     report.missing += sorted(name for name in expected if name not in loaded
-                             and not name.endswith((".qweight", ".scales")))
-    report.missing += sorted(f"{layer}.qweight" for layer in layers if layer not in pending)
+                             and (name.rpartition(".")[0] not in layers or name.endswith(".bias")))
+    report.missing += sorted(f"{layer}.{s}" for layer in layers - pending.keys() for s in scheme.required_suffixes)
     report.raise_for_errors(str(root))
     _finish(model, config, device)
     return model, report

@@ -13,26 +13,28 @@ a token are summed in a fixed order, so repeated identical requests give identic
 (`index_add_` on CUDA uses atomics, whose order varies).
 """
 
+from typing import Callable
+
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from kernels import W4A8Linear
 
-
-class W4A8ExpertMLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, group_size: int, use_triton: bool, device=None):
+class ExpertMLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int, make_linear: Callable[[int, int], nn.Module]):
         super().__init__()
-        self.gate_proj = W4A8Linear(hidden, intermediate, group_size, use_triton=use_triton, device=device)
-        self.up_proj = W4A8Linear(hidden, intermediate, group_size, use_triton=use_triton, device=device)
-        self.down_proj = W4A8Linear(intermediate, hidden, group_size, use_triton=use_triton, device=device)
+        self.gate_proj = make_linear(hidden, intermediate)
+        self.up_proj = make_linear(hidden, intermediate)
+        self.down_proj = make_linear(intermediate, hidden)
 
 
 class W4A8Experts(nn.ModuleList):
-    def __init__(self, num_experts: int, hidden: int, intermediate: int, hidden_act: str, group_size: int,
-                 use_triton: bool = True, device=None):
-        super().__init__(W4A8ExpertMLP(hidden, intermediate, group_size, use_triton, device)
-                         for _ in range(num_experts))
+    """Experts whose projections come from `make_linear(in_features, out_features)` (W4A8Linear,
+    or W8A8Linear for 8-bit checkpoints)."""
+
+    def __init__(self, num_experts: int, hidden: int, intermediate: int, hidden_act: str,
+                 make_linear: Callable[[int, int], nn.Module]):
+        super().__init__(ExpertMLP(hidden, intermediate, make_linear) for _ in range(num_experts))
         self.act_fn = ACT2FN[hidden_act]
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,

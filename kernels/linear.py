@@ -18,7 +18,9 @@ from torch import nn
 from .autotune import interpreting
 from .packing import pack_w4a8, padded_k, repack_awq, repack_ct, unpack_w4a8
 from .reference import check_group_size, per_token_quant_int8_ref, quantize_weight
+from .act_quant import per_token_quant_int8
 from .w4a8_gemm import w4a8_gemm
+from .w8a8_gemm import w8a8_gemm
 
 PACKED_FORMATS = ("kernel", "awq", "compressed-tensors")
 
@@ -30,11 +32,14 @@ def check_linear_shape(in_features: int, out_features: int, group_size: int) -> 
 
 
 def w4a8_linear_torch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, in_features: int,
-                      bias: torch.Tensor | None = None) -> torch.Tensor:
+                      bias: torch.Tensor | None = None, zeros: torch.Tensor | None = None) -> torch.Tensor:
     """Torch path of the contract: x [M, K] float -> [M, N] x.dtype, from kernel-layout buffers."""
     q = unpack_w4a8(qweight, in_features)  # [N, K]
     n_groups = scales.shape[0]
-    w = (q.to(torch.float32).reshape(q.shape[0], n_groups, -1) * scales.t()[..., None]).reshape(q.shape)
+    w = q.to(torch.float32).reshape(q.shape[0], n_groups, -1) * scales.t()[..., None]
+    if zeros is not None:
+        w = w - zeros.t()[..., None]
+    w = w.reshape(q.shape)
     x_q, x_scale = per_token_quant_int8_ref(x)
     y = (x_q.to(torch.float32) @ w.t()) * x_scale
     if bias is not None:
@@ -46,7 +51,8 @@ class W4A8Linear(nn.Module):
     """y = W4A8(x) + bias for x [..., in_features]; see the module docstring for the buffers."""
 
     def __init__(self, in_features: int, out_features: int, group_size: int = -1, bias: bool = False,
-                 use_triton: bool = True, device=None, bias_dtype: torch.dtype = torch.bfloat16):
+                 use_triton: bool = True, device=None, bias_dtype: torch.dtype = torch.bfloat16,
+                 zero_points: bool = False):
         super().__init__()
         check_linear_shape(in_features, out_features, group_size)
         if group_size == in_features:  # one group is per channel; keep one layout for both
@@ -58,6 +64,11 @@ class W4A8Linear(nn.Module):
                                                     dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.zeros(n_groups, out_features, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+        # Asymmetric checkpoints (AutoAWQ with qzeros): W = (q - zo) * s with q = stored - 8 and
+        # zo = zero - 8, so W = q * s - zeros with zeros = zo * s, fp32 [G, N]. The kernel runs
+        # the symmetric part; zeros enter as a rank-G correction from per-group sums of x_q.
+        self.register_buffer("zeros", torch.zeros(n_groups, out_features, dtype=torch.float32, device=device)
+                             if zero_points else None)
 
     @classmethod
     def from_quantized(cls, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
@@ -125,12 +136,47 @@ class W4A8Linear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"W4A8Linear expects in_features={self.in_features}, got input {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)
-        if self._triton_runs_here(x):
+        if not self._triton_runs_here(x):
+            y = w4a8_linear_torch(x2, self.qweight, self.scales, self.in_features, self.bias, self.zeros)
+        elif self.zeros is None:
             y = w4a8_gemm(x2, self.qweight, self.scales, self.group_size, self.bias)
         else:
-            y = w4a8_linear_torch(x2, self.qweight, self.scales, self.in_features, self.bias)
+            x_q, x_scale = per_token_quant_int8(x2)
+            y = w4a8_gemm(x_q, self.qweight, self.scales, self.group_size, x_scale=x_scale, out_dtype=torch.float32)
+            group_sums = x_q.to(torch.float32).reshape(x_q.shape[0], self.zeros.shape[0], -1).sum(-1)  # [M, G]
+            y = y - x_scale * (group_sums @ self.zeros)
+            y = (y + self.bias.to(torch.float32) if self.bias is not None else y).to(x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"group_size={self.group_size}, bias={self.bias is not None}, use_triton={self.use_triton}")
+                f"group_size={self.group_size}, bias={self.bias is not None}, zero_points={self.zeros is not None}, "
+                f"use_triton={self.use_triton}")
+
+
+class W8A8Linear(nn.Module):
+    """SmoothQuant-style W8A8: int8 weight [N, K] per output channel, per-token int8 activations,
+    run through `w8a8_gemm` (Triton) or the same arithmetic in torch."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, use_triton: bool = True,
+                 device=None, bias_dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.in_features, self.out_features, self.use_triton = in_features, out_features, use_triton
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+
+    _triton_runs_here = W4A8Linear._triton_runs_here
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"W8A8Linear expects in_features={self.in_features}, got input {tuple(x.shape)}")
+        x2 = x.reshape(-1, self.in_features)
+        if self._triton_runs_here(x):
+            x_q, x_scale = per_token_quant_int8(x2)
+            y = w8a8_gemm(x_q, x_scale, self.weight, self.weight_scale, self.bias, out_dtype=x.dtype)
+        else:
+            x_q, x_scale = per_token_quant_int8_ref(x2)
+            y = (x_q.to(torch.float32) @ self.weight.to(torch.float32).t()) * x_scale * self.weight_scale
+            y = (y + self.bias.to(torch.float32) if self.bias is not None else y).to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)

@@ -36,8 +36,9 @@ def _dequantized_layers(quant_dir: Path) -> dict[str, torch.Tensor]:
         parts = {s: tensors[f"{layer}.{s}"] for s in scheme.tensor_suffixes if f"{layer}.{s}" in tensors}
         in_features = (parts["weight_shape"][1].item() if "weight_shape" in parts
                        else parts["qweight"].shape[0] if "qweight" in parts else parts["weight"].shape[1])
-        packed, scales = to_kernel(scheme, layer, parts, in_features)
-        q = unpack_w4a8(packed, in_features).float()  # [N, K]
+        buffers = to_kernel(scheme, layer, parts, in_features)
+        q = unpack_w4a8(buffers["qweight"], in_features).float()  # [N, K]
+        scales = buffers["scales"]
         out[layer] = (q.reshape(q.shape[0], scales.shape[0], -1) * scales.t()[..., None]).reshape(q.shape)
     return out
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import W4A8Linear, pack_awq, pack_ct, quantize_weight, w4a8_linear_ref
+from kernels import W4A8Linear, pack_awq, pack_ct, pack_w4a8, quantize_weight, w4a8_linear_ref
 
 from .test_w4a8_gemm import assert_matches_contract
 
@@ -70,3 +70,36 @@ def test_cpu_without_interpreter_falls_back_to_torch(monkeypatch):
     with pytest.warns(UserWarning, match="torch path"):
         y = layer(torch.randn(2, 128))
     assert y.shape == (2, 64) and layer.use_triton is False
+
+
+@pytest.mark.parametrize("use_triton", [True, False])
+def test_zero_points_match_the_asymmetric_contract(device, use_triton):
+    """AutoAWQ-style W = (q - z) * s: the kernel runs q - 8, the zeros enter as a correction."""
+    n, k, group = 64, 256, 128
+    stored = torch.randint(0, 16, (n, k), dtype=torch.int16)
+    zero = torch.randint(0, 16, (n, k // group), dtype=torch.int16)
+    scales = torch.rand(n, k // group) / 50
+    bias = torch.randn(n, dtype=torch.bfloat16)
+    layer = W4A8Linear(k, n, group, bias=True, use_triton=use_triton, zero_points=True)
+    layer.qweight.copy_(pack_w4a8((stored - 8).to(torch.int8), group))
+    layer.scales.copy_(scales.t())
+    layer.zeros.copy_(((zero - 8) * scales).t())
+    layer.bias.copy_(bias)
+    x = torch.randn(5, k, dtype=torch.bfloat16)
+    effective_q = stored - zero.repeat_interleave(group, dim=1)  # [-15, 15]
+    ref = w4a8_linear_ref(x, effective_q, scales, bias)
+    assert_matches_contract(layer.to(device)(x.to(device)), ref.to(device))
+
+
+@pytest.mark.parametrize("use_triton", [True, False])
+def test_w8a8_linear(device, use_triton):
+    from kernels import W8A8Linear, per_token_quant_int8_ref, w8a8_gemm_ref
+
+    layer = W8A8Linear(256, 128, bias=True, use_triton=use_triton)
+    layer.weight.copy_(torch.randint(-127, 128, (128, 256), dtype=torch.int8))
+    layer.weight_scale.copy_(torch.rand(128) / 100)
+    layer.bias.copy_(torch.randn(128))
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    x_q, x_scale = per_token_quant_int8_ref(x)
+    ref = w8a8_gemm_ref(x_q, x_scale, layer.weight, layer.weight_scale, layer.bias)
+    assert_matches_contract(layer.to(device)(x.to(device)), ref.to(device))
