@@ -39,7 +39,10 @@ def _dequantized_layers(quant_dir: Path) -> dict[str, torch.Tensor]:
         buffers = to_kernel(scheme, layer, parts, in_features)
         q = unpack_w4a8(buffers["qweight"], in_features).float()  # [N, K]
         scales = buffers["scales"]
-        out[layer] = (q.reshape(q.shape[0], scales.shape[0], -1) * scales.t()[..., None]).reshape(q.shape)
+        w = q.reshape(q.shape[0], scales.shape[0], -1) * scales.t()[..., None]
+        if "zeros" in buffers:  # asymmetric AWQ: W = (q - zo) * s
+            w = w - buffers["zeros"].t()[..., None]
+        out[layer] = w.reshape(q.shape)
     return out
 
 
