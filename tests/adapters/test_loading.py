@@ -123,3 +123,13 @@ def test_quantize_and_infer_command_lines(tiny_dir, tmp_path):
                           "--max-new-tokens", "6", flag, env={"TRITON_INTERPRET": "1"})
         assert done.returncode == 0, done.stderr
         assert "tok/s decode" in done.stderr and ("triton" if flag == "--use-triton" else "torch") in done.stderr
+
+
+def test_benchmark_smoke_run():
+    from adapters import benchmark
+
+    rows = benchmark.main(["--tiny", "--device", "cpu", "--variants", "w4a8-torch,bf16"])
+    by = {(r["model"], r["variant"]): r for r in rows}
+    for model in ("qwen3", "qwen3_moe"):
+        assert by[(model, "w4a8-torch")]["weight_GiB"] < by[(model, "bf16")]["weight_GiB"]
+        assert all(by[(model, v)]["decode_b2_tok_s"] > 0 for v in ("w4a8-torch", "bf16"))

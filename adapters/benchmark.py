@@ -1,0 +1,154 @@
+"""End-to-end benchmark: random-weight models with real Qwen3 shapes, W4A8 against bf16.
+
+    python -m adapters.benchmark [--models qwen3-8b,qwen3-32b,qwen3-30b-a3b] [--device cuda]
+    python -m adapters.benchmark --tiny --device cpu      # smoke run of the same code path
+
+Each model is built directly in its final form (W4A8 buffers or bf16 weights, random values,
+never a bf16 copy of a W4A8 model) and measured in one run, one variant at a time so that a
+32B bf16 model and its W4A8 twin never share the GPU: build ("load") time, resident weight
+GiB, prefill tokens/s (one 1024-token prompt), decode tokens/s at batch 1 and 16 (256 new
+tokens, HF eager `generate` with its dynamic KV cache), and batch-1 seconds for 500 tokens,
+the figure the seed workflow reported (Qwen3-32B: 51 s with its Triton path, 73 s without).
+Variants: W4A8 Triton, W4A8 torch path, bf16 transformers.
+"""
+
+import argparse
+import gc
+import time
+
+import torch
+import transformers
+from torch import nn
+
+from .formats import QuantScheme
+from .loader import _finish, swap_quantized_modules
+from .tiny import make_config, model_class
+
+SHAPES = {  # ../shared/REFERENCE.md; vocab 151936, untied lm_head for 8B/32B/30B-A3B
+    "qwen3-8b": dict(cls="Qwen3Config", hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, intermediate_size=12288),
+    "qwen3-32b": dict(cls="Qwen3Config", hidden_size=5120, num_hidden_layers=64, num_attention_heads=64,
+                      num_key_value_heads=8, head_dim=128, intermediate_size=25600),
+    "qwen3-30b-a3b": dict(cls="Qwen3MoeConfig", hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
+                          num_key_value_heads=4, head_dim=128, intermediate_size=6144, num_experts=128,
+                          num_experts_per_tok=8, moe_intermediate_size=768, norm_topk_prob=True),
+}
+VARIANTS = ("w4a8-triton", "w4a8-torch", "bf16")
+
+
+def real_config(name: str) -> transformers.PretrainedConfig:
+    spec = dict(SHAPES[name])
+    cls = getattr(transformers, spec.pop("cls"))
+    return cls(vocab_size=151936, tie_word_embeddings=False, max_position_embeddings=4096,
+               rope_parameters={"rope_type": "default", "rope_theta": 1e6}, **spec)
+
+
+@torch.no_grad()
+def build(config, variant: str, device: str, group_size: int = 128) -> nn.Module:
+    """The model with random weights, materialized tensor by tensor on `device`."""
+    with torch.device("meta"):
+        model = model_class(config)(config)
+    if variant != "bf16":
+        swap_quantized_modules(model, config, QuantScheme("awq-sym", group_size), variant == "w4a8-triton")
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if not t.is_meta:
+            continue
+        if t.dtype == torch.int8:
+            value = torch.randint(-128, 128, t.shape, dtype=torch.int8, device=device)
+        elif name.endswith(".scales"):
+            value = torch.rand(t.shape, device=device) * 2e-3
+        elif name.endswith("norm.weight"):
+            value = torch.ones(t.shape, dtype=torch.bfloat16, device=device)
+        else:
+            value = (torch.randn(t.shape, device=device) * 0.02).to(torch.bfloat16)
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(value, requires_grad=False)
+        else:
+            module._buffers[attr] = value
+    _finish(model, config, device)
+    return model
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def measure(model: nn.Module, device: str, prompt: int, new_tokens: int, batches: tuple[int, ...],
+            long_tokens: int) -> dict:
+    vocab = model.config.vocab_size
+    row = {"weight_GiB": sum(t.numel() * t.element_size() for t in {id(t): t for t in
+                             list(model.parameters()) + list(model.buffers())}.values()) / 2**30}
+    ids = torch.randint(0, vocab, (1, prompt), device=device)
+    model(ids[:, :16])  # warm-up: compile, autotune
+    row["prefill_tok_s"] = prompt / _timed(lambda: model(ids), device)
+
+    def gen(batch: int, n: int):
+        short = torch.randint(0, vocab, (batch, 16), device=device)
+        return lambda: model.generate(input_ids=short, attention_mask=torch.ones_like(short), do_sample=False,
+                                      max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+
+    for batch in batches:
+        gen(batch, 4)()  # warm-up for this batch's shapes
+        row[f"decode_b{batch}_tok_s"] = batch * new_tokens / _timed(gen(batch, new_tokens), device)
+    row[f"b1_{long_tokens}_tokens_s"] = _timed(gen(1, long_tokens), device)
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(SHAPES), help=f"comma-separated, from {list(SHAPES)}")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny cpu-tier configs and few tokens (smoke run)")
+    args = parser.parse_args(argv)
+    prompt, new, batches, long = (1024, 256, (1, 16), 500) if not args.tiny else (32, 4, (1, 2), 6)
+    models = ["qwen3", "qwen3_moe"] if args.tiny else args.models.split(",")
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device: {device_name} | torch {torch.__version__} | transformers {transformers.__version__}")
+    rows = []
+    for name in models:
+        config = make_config(name) if args.tiny else real_config(name)
+        for variant in args.variants.split(","):
+            start = time.perf_counter()
+            try:
+                model = build(config, variant, args.device, 32 if args.tiny else 128)
+                _sync(args.device)
+                row = {"model": name, "variant": variant, "load_s": time.perf_counter() - start}
+                row.update(measure(model, args.device, prompt, new, batches, long))
+            except torch.cuda.OutOfMemoryError:
+                row = {"model": name, "variant": variant, "note": "out of GPU memory"}
+            rows.append(row)
+            print(" | ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+                  flush=True)
+            model = None
+            gc.collect()
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    print(f"\n{device_name}, torch {torch.__version__}, transformers {transformers.__version__}\n")
+    print(markdown_table(rows))
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    keys = [k for k in rows[0] if k not in ("model", "variant")] if rows else []
+    lines = ["| model | variant | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for row in rows:
+        cells = [f"{row[k]:.2f}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
+        lines.append(f"| {row['model']} | {row['variant']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
