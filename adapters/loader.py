@@ -111,8 +111,10 @@ def load_quantized(model_dir: str | Path, model_cls: type, device: str | torch.d
         with safe_open(shard, framework="pt") as f:
             for ckpt_key in f.keys():
                 key = ckpt_key
-                for old, new in renames:
-                    key = key.replace(old, new)
+                for old, new in renames:  # only where this transformers version moved the tensor
+                    moved = key.replace(old, new)
+                    if moved != key and moved in expected and key not in expected:
+                        key = moved
                 layer, _, suffix = key.rpartition(".")
                 if layer in layers and suffix in scheme.tensor_suffixes:
                     pending.setdefault(layer, {})[suffix] = f.get_tensor(ckpt_key)
