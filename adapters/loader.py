@@ -106,7 +106,28 @@ def load_quantized(model_dir: str | Path, model_cls: type, device: str | torch.d
         expected.pop("lm_head.weight", None)
     report = LoadReport()
     loaded: set[str] = set()
-    pending: dict[str, dict[str, torch.Tensor]] = {}
+    pending: dict[str, dict[str, torch.Tensor]] = {}  # quantized layers whose tensors are being read
+
+    placed: set[str] = set()  # quantized layers read in full (loaded or reported mismatched)
+
+    def place(layer: str, tensors: dict[str, torch.Tensor]) -> None:
+        placed.add(layer)
+        module = model.get_submodule(layer)
+        try:
+            buffers = to_kernel(scheme, layer, tensors, module.in_features)
+        except ValueError as err:
+            report.mismatched.append(f"{layer}: {err}")
+            return
+        wrong = {k: tuple(v.shape) for k, v in buffers.items() if v.shape != getattr(module, k).shape}
+        if wrong:
+            want = {k: tuple(getattr(module, k).shape) for k in wrong}
+            report.mismatched.append(f"{layer}: checkpoint gives {wrong}; model wants {want} "
+                                     f"(in {module.in_features}, out {module.out_features})")
+            return
+        for attr, t in buffers.items():
+            _assign(model, f"{layer}.{attr}", t.to(device))
+            loaded.add(f"{layer}.{attr}")
+
     for shard in list_shards(root):
         with safe_open(shard, framework="pt") as f:
             for ckpt_key in f.keys():
@@ -131,29 +152,16 @@ def load_quantized(model_dir: str | Path, model_cls: type, device: str | torch.d
                     t = t.to(torch.float32 if any(s in key for s in keep_fp32) else dtype)
                 _assign(model, key, t.to(device))
                 loaded.add(key)
+        # Place the layers this shard completed; a layer split across shards waits for the rest.
+        # Host memory stays at about one shard.
+        for layer in [name for name, ts in pending.items() if all(s in ts for s in scheme.required_suffixes)]:
+            place(layer, pending.pop(layer))
     for layer, tensors in pending.items():
-        module = model.get_submodule(layer)
-        absent = [f"{layer}.{s}" for s in scheme.required_suffixes if s not in tensors]
-        if absent:
-            report.missing += absent
-            continue
-        try:
-            buffers = to_kernel(scheme, layer, tensors, module.in_features)
-        except ValueError as err:
-            report.mismatched.append(f"{layer}: {err}")
-            continue
-        wrong = {k: tuple(v.shape) for k, v in buffers.items() if v.shape != getattr(module, k).shape}
-        if wrong:
-            want = {k: tuple(getattr(module, k).shape) for k in wrong}
-            report.mismatched.append(f"{layer}: checkpoint gives {wrong}; model wants {want} "
-                                     f"(in {module.in_features}, out {module.out_features})")
-            continue
-        for attr, t in buffers.items():
-            _assign(model, f"{layer}.{attr}", t.to(device))
-            loaded.add(f"{layer}.{attr}")
+        report.missing += [f"{layer}.{s}" for s in scheme.required_suffixes if s not in tensors]
     report.missing += sorted(name for name in expected if name not in loaded
                              and (name.rpartition(".")[0] not in layers or name.endswith(".bias")))
-    report.missing += sorted(f"{layer}.{s}" for layer in layers - pending.keys() for s in scheme.required_suffixes)
+    report.missing += sorted(f"{layer}.{s}" for layer in layers - pending.keys() - placed
+                             for s in scheme.required_suffixes)
     report.raise_for_errors(str(root))
     _finish(model, config, device)
     return model, report
