@@ -1,8 +1,10 @@
-"""`workbench` command line: parse, build config, call the library (commands arrive with the
-tasks, run, compare and review issues)."""
+"""`workbench` command line: parse, build config, call the library."""
+
+from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from . import __version__
 
@@ -39,3 +41,43 @@ def info() -> None:
             console.print(f"{dist:18s} {md.version(dist)}")
         except md.PackageNotFoundError:
             console.print(f"{dist:18s} [red]not installed[/red]")
+
+
+@app.command()
+def tasks(folder: Path = typer.Argument(Path("tasks"), help="folder of task YAML files")) -> None:
+    """List the tasks in FOLDER (invalid task files are listed with their errors)."""
+    from .tasks import TaskSpecError, load_task
+
+    table = Table("id", "title", "target", "device", "checks", "budget (turns / rounds)")
+    problems = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            spec = load_task(path)
+        except TaskSpecError as err:
+            problems.append(str(err))
+            continue
+        table.add_row(spec.id, spec.title, spec.target, spec.device, ", ".join(c.kind for c in spec.checks),
+                      f"{spec.budget.turns} / {spec.budget.check_rounds}")
+    console.print(table if table.row_count else f"no task files in {folder}")
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def prepare(
+    task: Path = typer.Argument(..., help="task YAML file"),
+    root: Path = typer.Option(Path("workspaces"), "--root", "-r", help="where workspaces live"),
+    fresh: bool = typer.Option(False, "--fresh", help="rebuild the workspace from its sources"),
+) -> None:
+    """Build (or reopen) a task's git workspace and print its base commit."""
+    from .tasks import TaskSpecError, create_workspace, load_task
+    from .tasks.sources import SourceError
+
+    try:
+        ws = create_workspace(load_task(task), root, fresh=fresh)
+    except (TaskSpecError, SourceError) as err:
+        console.print(f"[red]{err}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    console.print(f"{ws.path}  base {ws.base[:12]}")
