@@ -1,0 +1,43 @@
+"""`import` and `command` checks on small candidate trees, each outcome typed."""
+
+import pytest
+
+from workbench.checks.basic import check_command, check_import
+
+
+def tree(tmp_path, files: dict[str, str]):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def test_import_passes_and_fails_with_the_traceback(tmp_path):
+    ws = tree(tmp_path, {"port/__init__.py": "", "port/good.py": "X = 1\n",
+                         "port/bad.py": "import numpy_that_does_not_exist\n"})
+    assert check_import(ws, "port.good").passed
+    bad = check_import(ws, "port.bad")
+    assert bad.status == "fail" and bad.category == "import_error"
+    assert "numpy_that_does_not_exist" in bad.summary and "port/bad.py" in bad.details["stderr_tail"]
+
+
+@pytest.mark.parametrize("module", ["adapters.qwen3", "kernels", "workbench.checks"])
+def test_port_cannot_import_the_harness(tmp_path, module):
+    ws = tree(tmp_path, {"port/__init__.py": "", "port/cheat.py": f"import {module}\n"})
+    cheat = check_import(ws, "port.cheat")
+    assert cheat.category == "forbidden_import" and module.split(".")[0] in cheat.summary
+
+
+def test_hang_and_crash_are_typed(tmp_path):
+    ws = tree(tmp_path, {"port/__init__.py": "", "port/hang.py": "import time\ntime.sleep(60)\n",
+                         "port/crash.py": "import ctypes\nctypes.string_at(0)\n"})
+    hang = check_import(ws, "port.hang", timeout_s=2)
+    assert hang.category == "timeout" and hang.seconds < 15
+    assert check_import(ws, "port.crash").category == "crash"
+
+
+def test_command_check(tmp_path):
+    ws = tree(tmp_path, {"ok.py": "print('fine')\n", "fail.py": "raise SystemExit('wrong answer')\n"})
+    assert check_command(ws, "python ok.py").passed
+    failed = check_command(ws, "python fail.py", name="run fail")
+    assert failed.status == "fail" and failed.category == "command_failed" and "wrong answer" in failed.summary

@@ -1,0 +1,78 @@
+"""Run a command the way every check runs candidate code: its own process group, a wall-time
+limit after which the whole group is killed (no server or child outlives it), an address-space
+limit, and an environment scrubbed of secrets (API keys never reach candidate code).
+
+Timeouts, signals (a segfault) and the memory limit come back as a typed `SandboxResult`,
+never as an exception in the harness.
+"""
+
+import os
+import re
+import resource
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL|AUTH", re.IGNORECASE)
+PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES",
+                  "WB_CACHE_DIR", "XDG_CACHE_HOME", "VIRTUAL_ENV")
+OUTPUT_LIMIT = 20_000  # characters of stdout/stderr kept: head and tail
+
+
+@dataclass
+class SandboxResult:
+    returncode: int | None  # None: killed at the time limit
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool = False
+
+    @property
+    def signal(self) -> str | None:
+        if self.returncode is not None and self.returncode < 0:
+            return signal.Signals(-self.returncode).name
+        return None
+
+
+def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A minimal environment: the variables a Python process needs, never one that looks secret."""
+    env = {k: v for k, v in os.environ.items() if k in PASSED_THROUGH and not SECRET_NAME.search(k)}
+    env.update(extra or {})
+    return {k: v for k, v in env.items() if not SECRET_NAME.search(k)}
+
+
+def _truncate(text: str) -> str:
+    if len(text) <= OUTPUT_LIMIT:
+        return text
+    half = OUTPUT_LIMIT // 2
+    return f"{text[:half]}\n... [{len(text) - OUTPUT_LIMIT} characters cut] ...\n{text[-half:]}"
+
+
+def run_sandboxed(argv: list[str], cwd: str | Path, timeout_s: float, memory_mb: int | None = None,
+                  env: dict[str, str] | None = None, stdin: str | None = None) -> SandboxResult:
+    def limit_memory():
+        if memory_mb:
+            nbytes = memory_mb * 2**20
+            resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env if env is not None else scrubbed_env(), text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=limit_memory)
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout_s)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        out, err = "", ""
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: daemons and servers too
+        except ProcessLookupError:
+            pass
+    if timed_out:
+        out, err = proc.communicate()
+    return SandboxResult(None if timed_out else proc.returncode, _truncate(out), _truncate(err),
+                         time.monotonic() - start, timed_out)
