@@ -46,7 +46,7 @@ class W4A8Experts(nn.ModuleList):
         x = hidden_states[order // top_k]  # [T*k, H] tokens gathered per expert
         y = torch.empty_like(x)
         start = 0
-        for expert, count in zip(self, counts):
+        for expert, count in zip(self, counts, strict=True):
             if count:
                 seg = x[start:start + count]
                 y[start:start + count] = expert.down_proj(self.act_fn(expert.gate_proj(seg)) * expert.up_proj(seg))

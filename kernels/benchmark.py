@@ -77,7 +77,6 @@ def bench_layer(name: str, n: int, k: int, ms: list[int], group_size: int, bw: f
     w4 = _rotating(lambda: (packed.clone(), scales.clone()), packed.numel())
     wb = _rotating(lambda: w.clone(), w.numel() * 2)
     w8 = _rotating(lambda: q.clone().t(), q.numel())  # [K, N] view of [N, K]: column-major
-    del w
     rows = []
     for m in ms:
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)

@@ -79,5 +79,5 @@ def prepare(
         ws = create_workspace(load_task(task), root, fresh=fresh)
     except (TaskSpecError, SourceError) as err:
         console.print(f"[red]{err}[/red]", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     console.print(f"{ws.path}  base {ws.base[:12]}")

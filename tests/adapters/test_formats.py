@@ -3,7 +3,6 @@
 import json
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from kernels.packing import pack_nibbles_awq
 
