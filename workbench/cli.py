@@ -81,3 +81,33 @@ def prepare(
         console.print(f"[red]{err}[/red]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     console.print(f"{ws.path}  base {ws.base[:12]}")
+
+
+@app.command()
+def check(
+    task: Path = typer.Argument(..., help="task YAML file"),
+    tree: Path = typer.Option(..., "--tree", "-t", help="the candidate tree (a workspace or one of its worktrees)"),
+    json_out: Path = typer.Option(None, "--json", help="also write the results here as JSON"),
+) -> None:
+    """Run TASK's acceptance checks on a tree; exit 0 only if every check passes."""
+    import json
+
+    from .checks.runner import run_checks
+    from .tasks import TaskSpecError, load_task
+
+    try:
+        spec = load_task(task)
+    except TaskSpecError as err:
+        console.print(f"[red]{err}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    results = run_checks(spec, tree)
+    table = Table("check", "status", "category", "seconds", "summary")
+    colour = {"pass": "green", "fail": "red", "error": "red", "flaky": "yellow", "skip": "dim"}
+    for r in results:
+        table.add_row(r.name, f"[{colour[r.status]}]{r.status}[/]", r.category if r.status != "pass" else "",
+                      f"{r.seconds:.1f}", r.summary)
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps([r.model_dump() for r in results], indent=1))
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
