@@ -21,7 +21,7 @@ import transformers
 from torch import nn
 
 from .formats import QuantScheme
-from .loader import _finish, swap_quantized_modules
+from .loader import assign_tensor, finish_model, swap_quantized_modules, synchronize
 from .tiny import make_config, model_class
 
 SHAPES = {  # ../shared/REFERENCE.md; vocab 151936, untied lm_head for 8B/32B/30B-A3B
@@ -61,26 +61,16 @@ def build(config, variant: str, device: str, group_size: int = 128) -> nn.Module
             value = torch.ones(t.shape, dtype=torch.bfloat16, device=device)
         else:
             value = (torch.randn(t.shape, device=device) * 0.02).to(torch.bfloat16)
-        module_name, _, attr = name.rpartition(".")
-        module = model.get_submodule(module_name)
-        if attr in module._parameters:
-            module._parameters[attr] = nn.Parameter(value, requires_grad=False)
-        else:
-            module._buffers[attr] = value
-    _finish(model, config, device)
+        assign_tensor(model, name, value)
+    finish_model(model, config, device)
     return model
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _timed(fn, device: str) -> float:
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -124,7 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             start = time.perf_counter()
             try:
                 model = build(config, variant, args.device, 32 if args.tiny else 128)
-                _sync(args.device)
+                synchronize(args.device)
                 row = {"model": name, "variant": variant, "load_s": time.perf_counter() - start}
                 row.update(measure(model, args.device, prompt, new, batches, long))
             except torch.cuda.OutOfMemoryError:

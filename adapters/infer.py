@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, TextStreamer
 
+from .loader import synchronize
+
 ADAPTERS = {"qwen3": "adapters.qwen3", "qwen3_moe": "adapters.qwen3_moe", "ernie4_5": "adapters.ernie4_5",
             "ernie4_5_moe": "adapters.ernie4_5_moe"}
 
@@ -30,11 +32,6 @@ def adapter_for(model_dir: str | Path):
     if model_type not in ADAPTERS:
         raise SystemExit(f"{config_path}: model_type {model_type!r} has no adapter; supported: {sorted(ADAPTERS)}")
     return importlib.import_module(ADAPTERS[model_type])
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     t0 = time.perf_counter()
     model = adapter.load_model(args.model_dir, args.device, use_triton=args.use_triton)
-    _sync(args.device)
+    synchronize(args.device)
     load_s = time.perf_counter() - t0
     if tokenizer.chat_template:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
@@ -69,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                              max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              streamer=streamer)
-    _sync(args.device)
+    synchronize(args.device)
     t_end = time.perf_counter()
     new = out.shape[1] - input_ids.shape[1]
     first = streamer.t_first_token or t_end

@@ -72,7 +72,8 @@ def swap_quantized_modules(model: nn.Module, config, scheme: QuantScheme, use_tr
     return {name for name, m in model.named_modules() if isinstance(m, (W4A8Linear, W8A8Linear))}
 
 
-def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+def assign_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put `tensor` in place of the (meta) parameter or buffer `name`."""
     module_name, _, attr = name.rpartition(".")
     module = model.get_submodule(module_name)
     if attr in module._parameters:
@@ -125,7 +126,7 @@ def load_quantized(model_dir: str | Path, model_cls: type, device: str | torch.d
                                      f"(in {module.in_features}, out {module.out_features})")
             return
         for attr, t in buffers.items():
-            _assign(model, f"{layer}.{attr}", t.to(device))
+            assign_tensor(model, f"{layer}.{attr}", t.to(device))
             loaded.add(f"{layer}.{attr}")
 
     for shard in list_shards(root):
@@ -150,7 +151,7 @@ def load_quantized(model_dir: str | Path, model_cls: type, device: str | torch.d
                     continue
                 if t.is_floating_point():
                     t = t.to(torch.float32 if any(s in key for s in keep_fp32) else dtype)
-                _assign(model, key, t.to(device))
+                assign_tensor(model, key, t.to(device))
                 loaded.add(key)
         # Place the layers this shard completed; a layer split across shards waits for the rest.
         # Host memory stays at about one shard.
@@ -163,11 +164,11 @@ def load_quantized(model_dir: str | Path, model_cls: type, device: str | torch.d
     report.missing += sorted(f"{layer}.{s}" for layer in layers - pending.keys() - placed
                              for s in scheme.required_suffixes)
     report.raise_for_errors(str(root))
-    _finish(model, config, device)
+    finish_model(model, config, device)
     return model, report
 
 
-def _finish(model: nn.Module, config, device) -> None:
+def finish_model(model: nn.Module, config, device) -> None:
     """Tie embeddings, rebuild the rotary tables (non-persistent buffers) on the device, eval mode."""
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -176,3 +177,9 @@ def _finish(model: nn.Module, config, device) -> None:
     leftovers = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     assert not leftovers, f"tensors left on meta after load: {leftovers}"
     model.eval()
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the device, so host timers measure finished work."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()

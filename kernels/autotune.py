@@ -78,21 +78,24 @@ def _cache_for(device: torch.device) -> ConfigCache:
 GRAPH_CALLS = 10  # launches per timed CUDA graph
 
 
-def _gpu_ms(fn: Callable[[], object]) -> float:
-    """Median GPU milliseconds per call, from replays of a CUDA graph of GRAPH_CALLS calls.
+def graph_ms(fns: list[Callable[[], object]], calls: int = GRAPH_CALLS, warmup_ms: float = 5,
+             rep_ms: float = 25) -> float:
+    """Median GPU milliseconds per call, from replays of a CUDA graph of `calls` calls that go
+    round `fns` in turn (several fns over copies of the weights keep them out of L2).
 
     Timing eager calls would measure Python launch overhead for small layers (a decode GEMM
     runs in 5-20 us, its Python launch path takes about as long) and pick configs at random.
     """
     from triton.testing import do_bench
 
-    fn()  # compile outside the capture
+    for fn in fns:
+        fn()  # compile, autotune and allocate outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(GRAPH_CALLS):
-            fn()
-    return do_bench(graph.replay, warmup=5, rep=25, return_mode="median") / GRAPH_CALLS
+        for i in range(calls):
+            fns[i % len(fns)]()
+    return do_bench(graph.replay, warmup=warmup_ms, rep=rep_ms, return_mode="median") / calls
 
 
 def pick_config(key: str, candidates: list[dict], launch: Callable[[dict], None],
@@ -109,7 +112,7 @@ def pick_config(key: str, candidates: list[dict], launch: Callable[[dict], None]
     best, best_ms = candidates[0], float("inf")
     for config in candidates:
         try:
-            ms = _gpu_ms(lambda: launch(config))
+            ms = graph_ms([lambda: launch(config)])
         except OutOfResources:  # this tile needs more shared memory than the GPU has
             continue
         if ms < best_ms:

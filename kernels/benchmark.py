@@ -9,8 +9,8 @@ For each layer (real Qwen3-8B / 32B / 30B-A3B shapes) and M it prints microsecon
 - w4a8:   `kernels.w4a8_gemm` from bf16 x, per-token activation quantization included;
 - roof:   max(bytes / HBM bandwidth, int8 ops / int8 peak), datasheet peaks of the named GPU;
 and the W4A8 speedup over bf16, over int_mm, and its share of the roofline. Medians of
-`triton.testing.do_bench` over CUDA-graph replays (no Python launch overhead); weights are rotated over copies larger than L2 so that small layers
-are not timed from cache.
+`triton.testing.do_bench` over CUDA-graph replays (no Python launch overhead); weights are
+rotated over copies larger than L2 so that small layers are not timed from cache.
 """
 
 import argparse
@@ -18,8 +18,8 @@ import json
 
 import torch
 import triton
-from triton.testing import do_bench
 
+from .autotune import graph_ms
 from .packing import pack_w4a8
 from .reference import quantize_weight
 from .w4a8_gemm import w4a8_gemm
@@ -53,20 +53,10 @@ def _rotating(make, nbytes_each: int):
 
 
 def _time_us(fns, min_calls: int = 20) -> float:
-    """Median microseconds per call, from replays of a CUDA graph that calls each fn in turn.
-
-    Graph replay takes Python and launch overhead out for every method alike (a decode step is
-    captured the same way in practice); rotating over `fns` keeps weights out of L2.
-    """
-    for fn in fns:
-        fn()  # warm-up: compile, autotune, allocate
-    calls = [fns[i % len(fns)] for i in range(max(min_calls, len(fns)))]
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in calls:
-            fn()
-    return do_bench(graph.replay, warmup=25, rep=100, return_mode="median") * 1e3 / len(calls)
+    """Median microseconds per call over CUDA-graph replays (`autotune.graph_ms`): graph replay
+    takes Python and launch overhead out for every method alike (a decode step is captured the
+    same way in practice); rotating over `fns` keeps weights out of L2."""
+    return graph_ms(fns, max(min_calls, len(fns)), warmup_ms=25, rep_ms=100) * 1e3
 
 
 def bench_layer(name: str, n: int, k: int, ms: list[int], group_size: int, bw: float, peak: float) -> list[dict]:

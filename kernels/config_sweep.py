@@ -12,9 +12,9 @@ import itertools
 import sys
 
 import torch
-from triton.testing import do_bench
 
 from .act_quant import per_token_quant_int8
+from .autotune import graph_ms
 from .packing import pack_w4a8
 from .reference import quantize_weight, w4a8_linear_ref
 from .w4a8_gemm import _launch, candidate_configs
@@ -27,13 +27,7 @@ SHAPES = [  # M, N, K, group_size: Qwen3-8B / 30B-A3B layers
 
 
 def graph_us(fn, calls: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return do_bench(graph.replay, warmup=10, rep=40, return_mode="median") * 1e3 / calls
+    return graph_ms([fn], calls, warmup_ms=10, rep_ms=40) * 1e3
 
 
 def sweep(m: int, n: int, k: int, group_size: int) -> None:

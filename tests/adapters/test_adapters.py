@@ -14,14 +14,14 @@ def load(family, path, device="cpu", use_triton=True, dtype=torch.float32):
     return importlib.import_module(f"adapters.{family}").load_model(str(path), device, use_triton, dtype=dtype)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_logits_match_fake_quant_reference(family, tiny_dir, quant_dir, device):
-    reference = build_reference(tiny_dir(family), quant_dir(family))
+def assert_matches_fake_quant_reference(family, orig_dir, quant_path, device):
+    """Logits of the adapter, on both paths, against the fp32 fake-quant reference."""
+    reference = build_reference(orig_dir, quant_path)
     ids = torch.randint(0, 512, (2, 9))
     with torch.no_grad():
         ref = reference(ids).logits
         for use_triton in (True, False):
-            model = load(family, quant_dir(family), device, use_triton)
+            model = load(family, quant_path, device, use_triton)
             assert model.load_report.ok, model.load_report
             got = model(ids.to(device)).logits.cpu()
             assert got.shape == (2, 9, 512)
@@ -30,6 +30,11 @@ def test_logits_match_fake_quant_reference(family, tiny_dir, quant_dir, device):
             # sitting on a rounding boundary may take the other int8 code: well under 1%.
             assert err < 5e-3, f"{family} use_triton={use_triton}: max error {err:.2e} of max |logit|"
             assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_fake_quant_reference(family, tiny_dir, quant_dir, device):
+    assert_matches_fake_quant_reference(family, tiny_dir(family), quant_dir(family), device)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

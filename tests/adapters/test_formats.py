@@ -6,8 +6,7 @@ import torch
 
 from kernels.packing import pack_nibbles_awq
 
-from .reference_model import build_reference
-from .test_adapters import load
+from .test_adapters import assert_matches_fake_quant_reference, load
 from .test_loading import rewrite, to_int_quantized
 
 
@@ -43,13 +42,7 @@ def write_asymmetric_awq(src_dir, dst_dir, group_size=32):
 
 def test_asymmetric_awq_matches_its_fake_quant_reference(tiny_dir, device, tmp_path):
     path = write_asymmetric_awq(tiny_dir("qwen3_moe"), tmp_path / "asym")
-    reference = build_reference(tiny_dir("qwen3_moe"), path)
-    ids = torch.randint(0, 512, (2, 9))
-    with torch.no_grad():
-        ref = reference(ids).logits
-        for use_triton in (True, False):
-            got = load("qwen3_moe", path, device, use_triton)(ids.to(device)).logits.cpu()
-            assert ((got - ref).abs().max() / ref.abs().max()).item() < 5e-3, use_triton
+    assert_matches_fake_quant_reference("qwen3_moe", tiny_dir("qwen3_moe"), path, device)
 
 
 def test_zero_points_of_8_are_the_symmetric_format(quant_dir, tmp_path):
