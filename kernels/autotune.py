@@ -45,21 +45,27 @@ class ConfigCache:
 
     def __init__(self, gpu_name: str):
         self.path = _cache_path(gpu_name)
-        self.entries: dict[str, dict] = {}
+        self.entries: dict[str, dict] = {}  # chosen or checked in this process: returned as is
+        self.on_disk: dict[str, dict] = {}  # read from the file: checked against the candidates once
         try:
-            self.entries = json.loads(self.path.read_text())
+            self.on_disk = json.loads(self.path.read_text())
         except (OSError, ValueError):
             pass  # no file yet, or a torn write from a killed process: tune again
 
-    def get(self, key: str) -> dict | None:
-        return self.entries.get(key)
+    def get(self, key: str, candidates: list[dict]) -> dict | None:
+        """The config for `key`; a file entry counts only if it is still a candidate (the lists
+        change between versions). A hit costs one dict lookup: this runs on every GEMM call."""
+        hit = self.entries.get(key)
+        if hit is None and self.on_disk.get(key) in candidates:
+            hit = self.entries[key] = self.on_disk[key]
+        return hit
 
     def put(self, key: str, config: dict) -> None:
         self.entries[key] = config
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+            tmp.write_text(json.dumps({**self.on_disk, **self.entries}, indent=1, sort_keys=True))
             os.replace(tmp, self.path)  # atomic: concurrent processes never read half a file
         except OSError:
             pass  # a read-only cache dir costs a re-tune next process, nothing else
@@ -103,12 +109,12 @@ def pick_config(key: str, candidates: list[dict], launch: Callable[[dict], None]
     """Return the fastest candidate for `key`, timing each with `launch(config)` on first use."""
     if device.type != "cuda" or interpreting() or os.environ.get("WB_AUTOTUNE", "1") == "0":
         return candidates[0]
-    if torch.cuda.is_current_stream_capturing():  # first call inside a graph capture: no timing
-        return _cache_for(device).get(key) or candidates[0]
     cache = _cache_for(device)
-    hit = cache.get(key)
-    if hit is not None and hit in candidates:
+    hit = cache.get(key, candidates)
+    if hit is not None:
         return hit
+    if torch.cuda.is_current_stream_capturing():  # first call inside a graph capture: no timing
+        return candidates[0]
     best, best_ms = candidates[0], float("inf")
     for config in candidates:
         try:
