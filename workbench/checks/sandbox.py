@@ -38,8 +38,7 @@ class SandboxResult:
 
 def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """A minimal environment: the variables a Python process needs, never one that looks secret."""
-    env = {k: v for k, v in os.environ.items() if k in PASSED_THROUGH and not SECRET_NAME.search(k)}
-    env.update(extra or {})
+    env = {**{k: v for k, v in os.environ.items() if k in PASSED_THROUGH}, **(extra or {})}
     return {k: v for k, v in env.items() if not SECRET_NAME.search(k)}
 
 
