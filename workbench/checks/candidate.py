@@ -13,15 +13,20 @@ FORBIDDEN_MARKER = "WB_FORBIDDEN_IMPORT"
 
 # Executed before the payload in the candidate's interpreter; it imports nothing of the harness.
 _BOOTSTRAP = """
-import sys
+import sys, importlib.machinery
 class _Block:
+    # A spec whose loader raises: `import kernels` fails with the marker, while a library that
+    # only probes `importlib.util.find_spec("kernels")` (transformers does, for the hub package
+    # of that name) sees no installed distribution and moves on.
     blocked = {blocked!r}
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in self.blocked:
-            raise ImportError("{marker}: " + name + " belongs to the harness; a port may not import it")
+            return importlib.machinery.ModuleSpec(name, self)
         return None
-    def find_module(self, name, path=None):
+    def create_module(self, spec):
         return None
+    def exec_module(self, module):
+        raise ImportError("{marker}: " + module.__name__ + " belongs to the harness; a port may not import it")
 sys.meta_path.insert(0, _Block())
 for _name in list(sys.modules):
     if _name.split(".")[0] in _Block.blocked:

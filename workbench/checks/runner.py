@@ -9,6 +9,7 @@ import git
 
 from ..tasks.spec import CheckSpec, TaskSpec
 from .basic import check_command, check_import
+from .model_checks import check_deterministic_output, check_numerics, check_shapes, check_weight_load
 from .result import CheckResult, settle_flaky
 from .static import DEFAULT_FORBIDDEN, DEFAULT_PROTECTED, check_no_forbidden_imports, check_protected_paths
 
@@ -37,6 +38,10 @@ RUNNERS: dict[str, Callable[[TaskSpec, CheckSpec, Path, str | None], CheckResult
         tree, _needs_base("no_forbidden_imports", tree, base), tuple(c.params.get("packages", DEFAULT_FORBIDDEN))),
     "protected_paths": lambda spec, c, tree, base: check_protected_paths(
         tree, _needs_base("protected_paths", tree, base), tuple(c.params.get("paths", DEFAULT_PROTECTED))),
+    "shapes": lambda spec, c, tree, base: check_shapes(spec, c, tree),
+    "weight_load": lambda spec, c, tree, base: check_weight_load(spec, c, tree),
+    "deterministic_output": lambda spec, c, tree, base: check_deterministic_output(spec, c, tree),
+    "numerics": lambda spec, c, tree, base: check_numerics(spec, c, tree),
 }
 
 
@@ -50,12 +55,17 @@ def run_check(spec: TaskSpec, check: CheckSpec, tree: Path, base: str | None, re
         result = runner(spec, check, tree, base)
         if rerun and result.status == "fail":
             result = settle_flaky(result, runner(spec, check, tree, base))
-    except (ValueError, KeyError) as err:  # a check spec missing a parameter, a tree that is not a workspace
-        result = CheckResult(name=name, status="error", summary=f"cannot run: {err}")
+    except Exception as err:  # noqa: BLE001  # the harness's fault (a spec missing a parameter, a tree that
+        # is not a workspace, a reference that fails): reported as `error`, never blamed on the port
+        result = CheckResult(name=name, status="error", category="infrastructure",
+                             summary=f"cannot run: {type(err).__name__}: {err}")
     return result.model_copy(update={"name": name, "seconds": time.monotonic() - start})
 
 
-def run_checks(spec: TaskSpec, tree: Path, base: str | None = None, rerun: bool = True) -> list[CheckResult]:
+def run_checks(spec: TaskSpec, tree: Path, base: str | None = None, rerun: bool = True,
+               device: str | None = None) -> list[CheckResult]:
+    """Every check of `spec` on `tree`, in order; `device` overrides the spec's (cpu or cuda)."""
+    spec = spec.model_copy(update={"device": device}) if device else spec
     tree = Path(tree).resolve()
     base = base or base_of(tree)
     return [run_check(spec, check, tree, base, rerun) for check in spec.checks]

@@ -16,7 +16,8 @@ line and the field (and the valid choices).
       - {kind: numerics, rtol: 0.02}
     budget: {turns: 40, check_rounds: 6, tokens: 2000000, usd: 5, wall_minutes: 60}
     device: cpu
-    solution: tasks/qwen3_w4a8/solution     # gold overlay, never shown to the agent
+    fixture: {family: qwen3, format: awq-sym, group_size: 32}   # tiny checkpoint (sample + hidden)
+    solution: {dir: tasks/qwen3_w4a8/solution, vendor: w4a8_inference/_gold}   # never shown to the agent
 """
 
 from pathlib import Path
@@ -92,6 +93,29 @@ class Budget(_Strict):
     wall_minutes: float = Field(60.0, gt=0)
 
 
+FAMILIES = ("qwen3", "qwen3_moe", "ernie4_5", "ernie4_5_moe")
+
+
+class Fixture(_Strict):
+    """The tiny W4A8 checkpoint of a model task. The workspace gets one made with a public seed
+    (`sample`); the checks use one made with a seed the agent never sees."""
+
+    family: Literal[FAMILIES]  # type: ignore[valid-type]
+    tier: Literal["cpu", "triton"] = "cpu"
+    format: Literal["awq-sym", "compressed-tensors"] = "awq-sym"
+    group_size: Literal[-1, 32, 64, 128] = 32
+    sample: str = Field("checkpoints/tiny", description="folder in the workspace for the sample checkpoint")
+
+
+class Solution(_Strict):
+    """The gold port: a small overlay folder, plus the repository's `adapters` and `kernels`
+    vendored into the port's package when it is applied (so their source lives once, here)."""
+
+    dir: str = Field(description="overlay folder of this repository, e.g. tasks/<id>/solution")
+    vendor: str | None = Field(None, description="workspace folder that receives adapters/ and kernels/, "
+                                                 "imports rewritten, e.g. w4a8_inference/_gold")
+
+
 class TaskSpec(_Strict):
     id: str = Field(pattern=r"^[a-z0-9_]+$")
     title: str
@@ -102,7 +126,8 @@ class TaskSpec(_Strict):
     checks: list[CheckSpec] = Field(min_length=1)
     budget: Budget = Budget()
     device: Literal["cpu", "cuda"] = "cpu"
-    solution: str | None = None
+    fixture: Fixture | None = Field(None, description="tiny checkpoint of a model task")
+    solution: Solution | None = None
     path: Path | None = Field(None, exclude=True, description="where the spec was read from (set by load_task)")
 
     @property

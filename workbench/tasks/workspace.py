@@ -14,6 +14,7 @@ from pathlib import Path
 
 import git
 
+from .fixtures import copy_sample
 from .sources import materialize
 from .spec import TaskSpec
 
@@ -79,6 +80,8 @@ def create_workspace(spec: TaskSpec, root: str | Path = "workspaces", cache: Pat
     try:  # build aside, then rename: a failed source leaves no half workspace behind
         for source in spec.sources:
             materialize(source, staging, spec.repo_root, cache)
+        if spec.fixture is not None:
+            copy_sample(spec.fixture, staging, spec.repo_root, cache)
         (staging / ".gitignore").write_text(IGNORED)
         repo = git.Repo.init(staging, initial_branch="main")
         repo.git.add(A=True)

@@ -1,0 +1,1 @@
+"""W4A8 inference ports: one module per model family (see CONTRACT.md)."""

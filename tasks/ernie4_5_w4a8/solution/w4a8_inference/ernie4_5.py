@@ -1,0 +1,5 @@
+"""Gold port: the workbench repository's adapter, vendored into `_gold` when the solution is applied."""
+
+from ._gold.adapters.ernie4_5 import generate, load_model
+
+__all__ = ["load_model", "generate"]

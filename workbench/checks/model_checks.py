@@ -1,0 +1,205 @@
+"""Checks of a model port against the reference adapter on the task's hidden-seed checkpoint:
+`shapes`, `weight_load`, `deterministic_output`, `numerics`. Each probes the port in the
+candidate's sandboxed process (probes/model_probe.py) and the reference in a process of its own,
+and turns the comparison into one result whose summary tells an agent what to fix.
+"""
+
+from pathlib import Path
+
+import torch
+
+from ..tasks.fixtures import check_seed, fixture_checkpoint
+from ..tasks.spec import CheckSpec, TaskSpec
+from .basic import from_process, tail
+from .probing import ProbeRun, probe_candidate, probe_reference
+from .result import CheckResult
+
+# Shape cases (batch, length, left padding of row 0): a decode-like T=1, an odd T, a batch, and
+# a padded batch, where position ids and masks go wrong.
+DEFAULT_GRID = [[1, 1, 0], [1, 7, 0], [2, 5, 0], [3, 6, 2]]
+# A correct port and the reference quantize the same weights and activations the same way; what
+# is left is bf16 rounding of activations between layers, which flips a few int8 roundings. On
+# the tiny checkpoints that is ~0.3-1% relative L2 of the logits; a missing norm, a wrong rope or
+# a wrong pack order is 30-150%.
+DEFAULT_RTOL = 0.05
+DEFAULT_TOP1 = 0.9
+NAMES_SHOWN = 6
+
+
+def _names(names: list[str]) -> str:
+    more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+    return ", ".join(names[:NAMES_SHOWN]) + more
+
+
+def _args(spec: TaskSpec, check: CheckSpec, module: str, **extra) -> dict:
+    if spec.fixture is None:
+        raise ValueError(f"check {check.kind} needs the task's fixture: (a tiny checkpoint)")
+    model_dir = fixture_checkpoint(spec.fixture, check_seed(), spec.repo_root)
+    return {"module": module, "model_dir": str(model_dir), "device": spec.device,
+            "use_triton": check.params.get("use_triton", True), **extra}
+
+
+def _timeout(check: CheckSpec) -> float:
+    return check.params.get("timeout_s", 300)
+
+
+def _failed(name: str, run: ProbeRun, op: str, timeout_s: float, who: str = "the port") -> CheckResult | None:
+    """The result for a probe that did not get through `op`, or None when it did."""
+    if run.done.returncode != 0 or run.done.timed_out or not run.result:
+        result = from_process(name, run.done, "", timeout_s)
+        if result.category == "command_failed":
+            result = result.model_copy(update={"category": "crash", "summary": f"{who} failed: {result.summary}"})
+        return result
+    if op in run.errors:
+        error = run.errors[op]
+        last = error.strip().splitlines()[-1]
+        category = ("shape_mismatch" if any(w in error for w in ("shape", "size mismatch", "mismatched"))
+                    else "missing_weights" if "missing" in error else "crash")
+        return CheckResult(name=name, status="fail", category=category, summary=f"{who} raised: {last}",
+                           details={"traceback_tail": tail(error, 25)})
+    return None
+
+
+def _reference(spec: TaskSpec, args: dict, timeout_s: float, name: str, op: str) -> ProbeRun:
+    ref = probe_reference(spec.repo_root, "model_probe", {**args, "module": spec.reference}, timeout_s)
+    problem = _failed(name, ref, op, timeout_s, who=f"the reference {spec.reference}")
+    if problem is not None:  # the harness's fault, not the port's
+        raise RuntimeError(f"{problem.summary}\n{problem.details}")
+    return ref
+
+
+def check_shapes(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
+    name, timeout = check.name or "shapes", _timeout(check)
+    args = _args(spec, check, spec.target, ops=["grid"], grid=check.params.get("grid", DEFAULT_GRID))
+    cand = probe_candidate(tree, "model_probe", args, timeout)
+    if (problem := _failed(name, cand, "grid", timeout)) is not None:
+        return problem
+    ref = _reference(spec, args, timeout, name, "grid")
+    ref_grid, cand_grid = ref.result["grid"], cand.result["grid"]
+    for want, got in zip(ref_grid["cases"], cand_grid["cases"], strict=True):
+        case = f"input [B={want['batch']}, T={want['length']}]" + (f" with {want['pad']} left-pad tokens"
+                                                                   if want["pad"] else "")
+        if "error" in got:
+            return CheckResult(name=name, status="fail", category="shape_mismatch",
+                               summary=f"{case}: forward raised {got['error'].splitlines()[-1]}",
+                               details={"traceback_tail": got["error"]})
+        if got["logits"] != want["logits"]:
+            return CheckResult(name=name, status="fail", category="shape_mismatch",
+                               summary=f"{case}: logits {got['logits']}, expected {want['logits']} [B, T, vocab]")
+        if got["hidden"] and len(got["hidden"]) == len(want["hidden"]):
+            for layer, g, w in zip(ref_grid["layers"], got["hidden"], want["hidden"]):
+                if g != w:
+                    return CheckResult(name=name, status="fail", category="shape_mismatch",
+                                       summary=f"{case}: hidden state after {layer} is {g}, expected {w}")
+    per_layer = "and per-layer hidden states " if cand_grid["layers"] else ""
+    note = {} if cand_grid["layers"] else {"note": "no ModuleList of decoder layers found: per-layer shapes not checked"}
+    return CheckResult(name=name, status="pass", details=note,
+                       summary=f"logits {per_layer}match the reference over {len(ref_grid['cases'])} input shapes")
+
+
+def check_weight_load(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
+    name, timeout = check.name or "weight_load", _timeout(check)
+    args = _args(spec, check, spec.target, ops=["audit", "perturb"],
+                 perturb_length=check.params.get("perturb_length", 48))
+    cand = probe_candidate(tree, "model_probe", args, timeout)
+    for op in ("audit", "perturb"):
+        if (problem := _failed(name, cand, op, timeout)) is not None:
+            return problem
+    audit, dead = cand.result["audit"], cand.result["perturb"]["dead"]
+    unread = sorted(set(audit["checkpoint"]) - set(audit["read"]))
+    details = {"unread": unread, "dead": dead, "never_loaded": audit["unloaded"], "meta": audit["meta"]}
+    if not audit["read"]:
+        return CheckResult(name=name, status="fail", category="unused_weights", details=details,
+                           summary="no checkpoint tensor was read through safetensors (safe_open / load_file): "
+                                   "load the checkpoint's .safetensors files with the safetensors library")
+    if unread:
+        return CheckResult(name=name, status="fail", category="unused_weights", details=details,
+                           summary=f"{len(unread)} checkpoint tensors are never read: {_names(unread)}")
+    if audit["meta"] or audit["unloaded"]:
+        missing = audit["meta"] + audit["unloaded"]
+        return CheckResult(name=name, status="fail", category="missing_weights", details=details,
+                           summary=f"{len(missing)} model tensors are never loaded from the checkpoint (their value "
+                                   f"depends on the RNG seed or stays on meta): {_names(missing)}")
+    if dead:
+        return CheckResult(name=name, status="fail", category="unused_weights", details=details,
+                           summary=f"{len(dead)} checkpoint tensors are read but do not change the logits when "
+                                   f"perturbed (loaded, then never used): {_names(dead)}")
+    return CheckResult(name=name, status="pass", details=details,
+                       summary=f"all {len(audit['checkpoint'])} checkpoint tensors are read and each one moves the "
+                               "logits; no model tensor is left unloaded")
+
+
+def check_deterministic_output(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
+    name, timeout = check.name or "deterministic_output", _timeout(check)
+    args = _args(spec, check, spec.target, ops=["generate"], prompts_shape=check.params.get("prompts_shape", [2, 6]),
+                 new_tokens=check.params.get("new_tokens", 6))
+    runs = []
+    for _ in range(2):  # two fresh processes
+        run = probe_candidate(tree, "model_probe", args, timeout)
+        if (problem := _failed(name, run, "generate", timeout)) is not None:
+            return problem
+        runs.append(run.tensors)
+    first, second, alone = runs[0]["first"], runs[0]["second"], runs[0]["alone"]
+    fail = dict(name=name, status="fail", category="nondeterministic")
+    if not torch.equal(first, second):
+        return CheckResult(**fail, summary="greedy tokens differ between two identical generate calls in one process "
+                           "(state kept across calls: a cache, a position counter?)",
+                           details={"first": first.tolist(), "second": second.tolist()})
+    if not torch.equal(first, runs[1]["first"]):
+        return CheckResult(**fail, summary="greedy tokens differ between two fresh processes (unseeded randomness, "
+                           "uninitialized memory?)", details={"run1": first.tolist(), "run2": runs[1]["first"].tolist()})
+    if not torch.equal(first[:1], alone):
+        return CheckResult(**fail, summary="a prompt generates different tokens alone than as row 0 of a batch",
+                           details={"batched": first[:1].tolist(), "alone": alone.tolist()})
+    ref = _reference(spec, {**args, "ops": ["margins"]}, timeout, name, "margins").tensors
+    tie = check.params.get("tie_fraction", 0.05) * float(ref["logit_std"])
+    prompt_len = args["prompts_shape"][1]
+    for row in range(first.shape[0]):
+        for step in range(ref["margins"].shape[1]):
+            if ref["margins"][row, step] < tie:
+                break  # a near-tie in the reference: later tokens may differ legitimately
+            got, want = int(first[row, prompt_len + step]), int(ref["tokens"][row, prompt_len + step])
+            if got != want:
+                return CheckResult(name=name, status="fail", category="diverges_from_reference",
+                                   summary=f"greedy token {step} of prompt {row} is {got}, the reference gives {want} "
+                                           f"(clear margin {float(ref['margins'][row, step]):.3f})",
+                                   details={"port": first.tolist(), "reference": ref["tokens"].tolist()})
+    return CheckResult(name=name, status="pass", summary="greedy tokens are identical across calls, processes and "
+                       "batching, and match the reference up to its first near-tie")
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def check_numerics(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
+    name, timeout = check.name or "numerics", _timeout(check)
+    rtol, top1_min = check.params.get("rtol", DEFAULT_RTOL), check.params.get("top1", DEFAULT_TOP1)
+    args = _args(spec, check, spec.target, ops=["logits"], logits_shape=check.params.get("logits_shape", [2, 12]))
+    cand = probe_candidate(tree, "model_probe", args, timeout)
+    if (problem := _failed(name, cand, "logits", timeout)) is not None:
+        return problem
+    ref = _reference(spec, args, timeout, name, "logits")
+    got, want = cand.tensors["logits"], ref.tensors["logits"]
+    if got.shape != want.shape:
+        return CheckResult(name=name, status="fail", category="shape_mismatch",
+                           summary=f"logits {list(got.shape)}, expected {list(want.shape)} [B, T, vocab]")
+    error, top1 = _relative(got, want), float((got.argmax(-1) == want.argmax(-1)).float().mean())
+    details = {"rel_l2": round(error, 5), "top1_agreement": round(top1, 4), "rtol": rtol, "top1_min": top1_min}
+    if error <= rtol and top1 >= top1_min:
+        return CheckResult(name=name, status="pass", details=details,
+                           summary=f"logits within {error:.2%} (rel. L2) of the reference, top-1 agreement {top1:.0%}")
+    where = "per-layer hidden states not available (no ModuleList of decoder layers found)"
+    hidden_got, hidden_want = cand.tensors["hidden"], ref.tensors["hidden"]
+    if hidden_got and len(hidden_got) == len(hidden_want):
+        errors = [_relative(g, w) if g.shape == w.shape else float("inf") for g, w in zip(hidden_got, hidden_want)]
+        details["layer_rel_l2"] = [round(e, 5) for e in errors]
+        first = next((i for i, e in enumerate(errors) if e > rtol), None)
+        layer = ref.result["layers"][first] if first is not None else None
+        where = (f"first divergent layer: {layer} (rel. L2 {errors[first]:.1%}; "
+                 f"{'the embeddings' if first == 0 else 'layers before it'} match)" if layer else
+                 "every decoder layer matches: the final norm or lm_head diverges")
+        details["first_divergent_layer"] = layer
+    return CheckResult(name=name, status="fail", category="diverges_from_reference", details=details,
+                       summary=f"logits differ from the reference by {error:.1%} rel. L2 (tolerance {rtol:.0%}), "
+                               f"top-1 agreement {top1:.0%}; {where}")

@@ -1,0 +1,242 @@
+"""Probe a port (or the reference adapter) inside its own process and write what it observed.
+
+This file is not imported by the harness: its text is executed in the checked process (the
+candidate's, where `workbench` itself is unimportable, or the reference's), followed by
+`main(ARGS)`. It imports only the standard library, torch and safetensors, and talks back
+through files: `<out>/result.json` (shapes, names, tokens) and `<out>/tensors.pt`.
+
+Ops (ARGS["ops"]):
+  grid      logits and per-layer hidden shapes over (B, T) cases, a left-padded batch among them
+  logits    teacher-forced logits and per-layer hidden states for fixed ids
+  generate  greedy tokens for fixed prompts: twice in this process, and each prompt inside a batch
+  margins   top-1 minus top-2 logit at each greedy step (reference only: where ties make tokens unstable)
+  audit     which checkpoint tensors were read (at the safetensors level) and which model tensors
+            depend on the RNG seed at load time (never loaded)
+  perturb   for each checkpoint tensor, does perturbing it on disk move the logits
+"""
+
+import importlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+READS: set[str] = set()
+_safe_open = safetensors.safe_open
+
+
+class _RecordingSafeOpen:
+    """`safetensors.safe_open` that records the names of the tensors read through it."""
+
+    def __init__(self, *args, **kwargs):
+        self._f = _safe_open(*args, **kwargs)
+
+    def __enter__(self):
+        self._f.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+
+    def get_tensor(self, name):
+        READS.add(name)
+        return self._f.get_tensor(name)
+
+    def get_slice(self, name):
+        READS.add(name)
+        return self._f.get_slice(name)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def _recording_load(data, *args, **kwargs):
+    tensors = _load_bytes(data, *args, **kwargs)
+    READS.update(tensors)
+    return tensors
+
+
+# Installed before the port (or transformers) is imported, so `from safetensors import safe_open`
+# in any module binds the recording version.
+safetensors.safe_open = safetensors.torch.safe_open = _RecordingSafeOpen
+_load_bytes, safetensors.torch.load = safetensors.torch.load, _recording_load
+
+
+def logits_of(output) -> torch.Tensor:
+    logits = output.logits if hasattr(output, "logits") else output
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"forward returned {type(output).__name__}, not logits [B, T, V] or an object with .logits")
+    return logits
+
+
+class LayerTap:
+    """Hidden states after every decoder layer: forward hooks on the first ModuleList with one
+    entry per layer (what HF models and hand-written ports alike keep their layers in)."""
+
+    def __init__(self, model: torch.nn.Module, num_layers: int):
+        self.outputs: list[torch.Tensor] = []
+        self.names: list[str] = []
+        layers = next(((n, m) for n, m in model.named_modules()
+                       if isinstance(m, torch.nn.ModuleList) and len(m) == num_layers), None)
+        if layers is None:
+            return
+        for i, layer in enumerate(layers[1]):
+            self.names.append(f"{layers[0]}.{i}")
+            layer.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        if isinstance(hidden, torch.Tensor):
+            self.outputs.append(hidden.detach().float().cpu())
+
+    def run(self, model, ids, mask=None):
+        self.outputs = []
+        logits = logits_of(model(ids, attention_mask=mask) if mask is not None else model(ids))
+        return logits.detach().float().cpu(), list(self.outputs)
+
+
+class Probe:
+    def __init__(self, args: dict):
+        self.args = args
+        self.model_dir = Path(args["model_dir"])
+        self.config = json.loads((self.model_dir / "config.json").read_text())
+        self.device = args.get("device", "cpu")
+        self.module = importlib.import_module(args["module"])
+        self.vocab = self.config["vocab_size"]
+
+    def load(self, model_dir=None, use_triton=None):
+        use_triton = self.args.get("use_triton", True) if use_triton is None else use_triton
+        model = self.module.load_model(str(model_dir or self.model_dir), device=self.device, use_triton=use_triton)
+        return model.eval() if hasattr(model, "eval") else model
+
+    def ids(self, batch: int, length: int, seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randint(3, self.vocab, (batch, length), generator=generator).to(self.device)
+
+    def grid(self, result: dict, tensors: dict) -> None:
+        model = self.load()
+        tap = LayerTap(model, self.config["num_hidden_layers"])
+        cases = []
+        for batch, length, pad in self.args["grid"]:
+            ids = self.ids(batch, length, seed=batch * 100 + length)
+            mask = None
+            if pad:  # left padding, as a batched server pads: the first row is `pad` tokens shorter
+                mask = torch.ones_like(ids)
+                mask[0, :pad] = 0
+            case = {"batch": batch, "length": length, "pad": pad}
+            try:
+                logits, hidden = tap.run(model, ids, mask)
+                case.update(logits=list(logits.shape), hidden=[list(h.shape) for h in hidden])
+            except Exception as err:  # one shape case failing is a finding, not the end of the probe
+                case["error"] = _error_text(err)
+            cases.append(case)
+        result["grid"] = {"cases": cases, "layers": tap.names}
+
+    def logits(self, result: dict, tensors: dict) -> None:
+        model = self.load()
+        tap = LayerTap(model, self.config["num_hidden_layers"])
+        batch, length = self.args["logits_shape"]
+        logits, hidden = tap.run(model, self.ids(batch, length, seed=7))
+        tensors["logits"], tensors["hidden"] = logits, hidden
+        result["layers"] = tap.names
+
+    def generate(self, result: dict, tensors: dict) -> None:
+        model = self.load()
+        prompts = self.ids(*self.args["prompts_shape"], seed=11)
+        new = self.args["new_tokens"]
+        first = self.module.generate(model, prompts, new).cpu()
+        second = self.module.generate(model, prompts, new).cpu()
+        alone = self.module.generate(model, prompts[:1], new).cpu()
+        tensors.update(first=first, second=second, alone=alone)
+
+    def margins(self, result: dict, tensors: dict) -> None:
+        """Teacher-forced over the greedy continuation: the gap between the two best logits at
+        each generated step (a near-tie can flip under any valid rounding difference)."""
+        model = self.load()
+        prompts = self.ids(*self.args["prompts_shape"], seed=11)
+        tokens = self.module.generate(model, prompts, self.args["new_tokens"])
+        logits = logits_of(model(tokens)).float().cpu()
+        steps = logits[:, prompts.shape[1] - 1:-1]
+        top2 = steps.topk(2, dim=-1).values
+        tensors.update(tokens=tokens.cpu(), margins=top2[..., 0] - top2[..., 1], logit_std=logits.std())
+
+    def audit(self, result: dict, tensors: dict) -> None:
+        READS.clear()
+        states = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            model = self.load(use_triton=False)
+            states.append({n: t.detach().cpu() for n, t in
+                           list(model.named_parameters()) + list(model.named_buffers())})
+        meta = sorted(n for n, t in states[0].items() if t.is_meta)
+        unloaded = sorted(n for n, t in states[0].items() if n not in meta
+                          and not torch.equal(t, states[1].get(n, t.new_empty(0))))
+        result["audit"] = {"read": sorted(READS), "checkpoint": sorted(checkpoint_names(self.model_dir)),
+                           "unloaded": unloaded, "meta": meta}
+
+    def perturb(self, result: dict, tensors: dict) -> None:
+        ids = self.ids(1, self.args.get("perturb_length", 48), seed=5)
+        clean = logits_of(self.load(use_triton=False)(ids)).float()
+        dead = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, shard in checkpoint_names(self.model_dir).items():
+                copy = Path(tmp) / "ckpt"
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.copytree(self.model_dir, copy)
+                data = safetensors.torch.load_file(str(copy / shard))
+                data[name] = perturbed(data[name])
+                safetensors.torch.save_file(data, str(copy / shard), metadata={"format": "pt"})
+                moved = logits_of(self.load(copy, use_triton=False)(ids)).float()
+                if moved.shape == clean.shape and (moved - clean).abs().max() <= 1e-6 * clean.abs().max():
+                    dead.append(name)
+        result["perturb"] = {"dead": dead}
+
+
+def perturbed(t: torch.Tensor) -> torch.Tensor:
+    """A clearly different value of the same dtype and shape."""
+    generator = torch.Generator().manual_seed(0)
+    if t.dtype.is_floating_point:
+        noise = torch.randn(t.shape, generator=generator) * (t.float().abs().mean() + 1e-2) * 2
+        return (t.float() + noise).to(t.dtype)
+    info = torch.iinfo(t.dtype)
+    return torch.randint(max(info.min, -2**31), min(info.max, 2**31 - 1), t.shape, generator=generator).to(t.dtype)
+
+
+def checkpoint_names(model_dir: Path) -> dict[str, str]:
+    """Every tensor in the checkpoint -> its shard file name."""
+    names = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with _safe_open(str(shard), framework="pt") as f:
+            names.update({k: shard.name for k in f.keys()})
+    return names
+
+
+def _error_text(err: BaseException) -> str:
+    frames = traceback.format_exception(err)
+    return "".join(frames[-3:]).strip()[-2000:]
+
+
+def main(args: dict) -> None:
+    out = Path(args["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_grad_enabled(False)
+    result, tensors, timings = {}, {}, {}
+    probe = Probe(args)
+    for op in args["ops"]:
+        start = time.perf_counter()
+        try:
+            getattr(probe, op)(result, tensors)
+        except Exception as err:
+            result.setdefault("errors", {})[op] = _error_text(err)
+        timings[op] = round(time.perf_counter() - start, 3)
+    result["seconds"] = timings
+    torch.save(tensors, out / "tensors.pt")
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    sys.stdout.flush()

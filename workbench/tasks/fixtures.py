@@ -1,0 +1,75 @@
+"""Tiny W4A8 checkpoints for model tasks, built once per (family, tier, format, group, seed) and
+cached: the workspace gets one made with the public seed 0, the checks one made with a seed
+drawn once per cache and never written into a workspace, so a port cannot special-case the
+weights it is checked on.
+
+They are made by the adapters' own command lines in a subprocess (`python -m adapters.tiny`,
+`python -m adapters.quantize`): the harness imports neither `adapters` nor `kernels`.
+"""
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .sources import cache_root
+from .spec import Fixture
+
+SAMPLE_SEED = 0
+BUILD_TIMEOUT_S = 300
+
+
+class FixtureError(RuntimeError):
+    """A fixture checkpoint that could not be built; the message has the command's output."""
+
+
+def check_seed(cache: Path | None = None) -> int:
+    """The seed of the checks' checkpoints: random, drawn once per cache dir."""
+    path = (cache or cache_root()) / "check_seed"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}")
+        tmp.write_text(str(1 + secrets.randbelow(2**31 - 2)))
+        tmp.replace(path)
+    return int(path.read_text())
+
+
+def _run(cmd: list[str], repo_root: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
+    try:
+        done = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        raise FixtureError(f"`{' '.join(cmd[1:])}` took over {BUILD_TIMEOUT_S} s") from err
+    if done.returncode != 0:
+        raise FixtureError(f"`{' '.join(cmd[1:])}` failed:\n{done.stderr.strip()[-2000:]}")
+
+
+def fixture_checkpoint(fixture: Fixture, seed: int, repo_root: Path, cache: Path | None = None) -> Path:
+    """The quantized checkpoint folder for `fixture` made with `seed` (built on first use)."""
+    name = f"{fixture.family}-{fixture.tier}-{fixture.format}-g{fixture.group_size}-s{seed}"
+    path = (cache or cache_root()) / "fixtures" / name
+    if (path / "config.json").exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        hf, out = Path(tmp) / "hf", Path(tmp) / "quantized"
+        _run([sys.executable, "-m", "adapters.tiny", fixture.family, str(hf), "--tier", fixture.tier,
+              "--seed", str(seed)], repo_root)
+        _run([sys.executable, "-m", "adapters.quantize", "--model-dir", str(hf), "--out", str(out),
+              "--group-size", str(fixture.group_size), "--format", fixture.format], repo_root)
+        try:
+            out.rename(path)
+        except OSError:  # built meanwhile by another process: keep theirs
+            if not (path / "config.json").exists():
+                raise
+    return path
+
+
+def copy_sample(fixture: Fixture, dest: Path, repo_root: Path, cache: Path | None = None) -> Path:
+    """Write the public-seed sample checkpoint into a workspace being built."""
+    target = dest / fixture.sample
+    shutil.copytree(fixture_checkpoint(fixture, SAMPLE_SEED, repo_root, cache), target)
+    return target
