@@ -97,7 +97,7 @@ def make(family: str, out_dir: str | Path, tier: str = "cpu", seed: int = 0,
         if name.endswith("norm.weight"):  # RMSNorm weights start at 1: move them so they matter
             p.copy_(1.0 + 0.2 * torch.randn_like(p))
         elif "e_score_correction_bias" in name:  # Ernie-MoE: nonzero, so that it changes selection
-            p.copy_(0.05 * torch.randn_like(p))
+            p.copy_(0.01 * torch.randn_like(p))
         elif p.dim() >= 2:
             p.normal_(0.0, 0.5 / p.shape[-1] ** 0.5)  # unit-ish activations through every layer
     model.to(dtype)

@@ -4,6 +4,7 @@ candidate's sandboxed process (probes/model_probe.py) and the reference in a pro
 and turns the comparison into one result whose summary tells an agent what to fix.
 """
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -60,8 +61,17 @@ def _failed(name: str, run: ProbeRun, op: str, timeout_s: float, who: str = "the
     return None
 
 
-def _reference(spec: TaskSpec, args: dict, timeout_s: float, name: str, op: str) -> ProbeRun:
-    ref = probe_reference(spec.repo_root, "model_probe", {**args, "module": spec.reference}, timeout_s)
+# The reference (when not cached) and a second candidate process run beside the first: the
+# checks machine has 2 cores, and agents wait on these checks every round.
+_POOL = ThreadPoolExecutor(4, thread_name_prefix="wb-probe")
+
+
+def _start_reference(spec: TaskSpec, args: dict, timeout_s: float) -> Future:
+    return _POOL.submit(probe_reference, spec.repo_root, "model_probe", {**args, "module": spec.reference}, timeout_s)
+
+
+def _reference(started: Future, spec: TaskSpec, timeout_s: float, name: str, op: str) -> ProbeRun:
+    ref = started.result()
     problem = _failed(name, ref, op, timeout_s, who=f"the reference {spec.reference}")
     if problem is not None:  # the harness's fault, not the port's
         raise RuntimeError(f"{problem.summary}\n{problem.details}")
@@ -71,10 +81,11 @@ def _reference(spec: TaskSpec, args: dict, timeout_s: float, name: str, op: str)
 def check_shapes(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
     name, timeout = check.name or "shapes", _timeout(check)
     args = _args(spec, check, spec.target, ops=["grid"], grid=check.params.get("grid", DEFAULT_GRID))
+    started = _start_reference(spec, args, timeout)
     cand = probe_candidate(tree, "model_probe", args, timeout)
     if (problem := _failed(name, cand, "grid", timeout)) is not None:
         return problem
-    ref = _reference(spec, args, timeout, name, "grid")
+    ref = _reference(started, spec, timeout, name, "grid")
     ref_grid, cand_grid = ref.result["grid"], cand.result["grid"]
     for want, got in zip(ref_grid["cases"], cand_grid["cases"], strict=True):
         case = f"input [B={want['batch']}, T={want['length']}]" + (f" with {want['pad']} left-pad tokens"
@@ -100,7 +111,7 @@ def check_shapes(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
 def check_weight_load(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
     name, timeout = check.name or "weight_load", _timeout(check)
     args = _args(spec, check, spec.target, ops=["audit", "perturb"],
-                 perturb_length=check.params.get("perturb_length", 48))
+                 perturb_shape=check.params.get("perturb_shape", [4, 128]))
     cand = probe_candidate(tree, "model_probe", args, timeout)
     for op in ("audit", "perturb"):
         if (problem := _failed(name, cand, op, timeout)) is not None:
@@ -133,9 +144,10 @@ def check_deterministic_output(spec: TaskSpec, check: CheckSpec, tree: Path) -> 
     name, timeout = check.name or "deterministic_output", _timeout(check)
     args = _args(spec, check, spec.target, ops=["generate"], prompts_shape=check.params.get("prompts_shape", [2, 6]),
                  new_tokens=check.params.get("new_tokens", 6))
+    started = _start_reference(spec, {**args, "ops": ["margins"]}, timeout)
+    second_process = _POOL.submit(probe_candidate, tree, "model_probe", args, timeout)
     runs = []
-    for _ in range(2):  # two fresh processes
-        run = probe_candidate(tree, "model_probe", args, timeout)
+    for run in (probe_candidate(tree, "model_probe", args, timeout), second_process.result()):
         if (problem := _failed(name, run, "generate", timeout)) is not None:
             return problem
         runs.append(run.tensors)
@@ -151,7 +163,7 @@ def check_deterministic_output(spec: TaskSpec, check: CheckSpec, tree: Path) -> 
     if not torch.equal(first[:1], alone):
         return CheckResult(**fail, summary="a prompt generates different tokens alone than as row 0 of a batch",
                            details={"batched": first[:1].tolist(), "alone": alone.tolist()})
-    ref = _reference(spec, {**args, "ops": ["margins"]}, timeout, name, "margins").tensors
+    ref = _reference(started, spec, timeout, name, "margins").tensors
     tie = check.params.get("tie_fraction", 0.05) * float(ref["logit_std"])
     prompt_len = args["prompts_shape"][1]
     for row in range(first.shape[0]):
@@ -176,10 +188,11 @@ def check_numerics(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
     name, timeout = check.name or "numerics", _timeout(check)
     rtol, top1_min = check.params.get("rtol", DEFAULT_RTOL), check.params.get("top1", DEFAULT_TOP1)
     args = _args(spec, check, spec.target, ops=["logits"], logits_shape=check.params.get("logits_shape", [2, 12]))
+    started = _start_reference(spec, args, timeout)
     cand = probe_candidate(tree, "model_probe", args, timeout)
     if (problem := _failed(name, cand, "logits", timeout)) is not None:
         return problem
-    ref = _reference(spec, args, timeout, name, "logits")
+    ref = _reference(started, spec, timeout, name, "logits")
     got, want = cand.tensors["logits"], ref.tensors["logits"]
     if got.shape != want.shape:
         return CheckResult(name=name, status="fail", category="shape_mismatch",
