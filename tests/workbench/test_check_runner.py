@@ -74,12 +74,12 @@ def test_cli_exit_code_and_json(workspace, tmp_path):
     assert [r["status"] for r in json.loads(out.read_text())] == ["pass"] * 5
 
 
-def test_unbuilt_kinds_and_missing_params_are_errors(workspace, tmp_path):
+def test_checks_missing_what_they_need_are_errors_not_failures(workspace, tmp_path):
     task, ws = workspace
     spec = load_task(task).model_copy(update={"checks": []})
     from workbench.tasks.spec import CheckSpec
 
     spec.checks = [CheckSpec(kind="numerics"), CheckSpec(kind="command")]
     results = run_checks(spec, ws.path)
-    assert results[0].status == "error" and "not implemented yet" in results[0].summary
+    assert results[0].status == "error" and "fixture" in results[0].summary
     assert results[1].status == "error" and "cmd" in results[1].summary
