@@ -21,7 +21,7 @@ prompt: |
 checks:
   - {{kind: import}}
   - {{kind: numerics, rtol: 0.02}}
-solution: {dir: tasks/demo_task/solution}
+solution: {{dir: tasks/demo_task/solution}}
 """
 
 
