@@ -43,8 +43,8 @@ class LoadReport:
     def raise_for_errors(self, where: str) -> None:
         if self.missing or self.mismatched:
             lines = [f"{where}: checkpoint does not fit the model"]
-            lines += [f"  missing: {name}" for name in self.missing]
             lines += [f"  mismatched: {text}" for text in self.mismatched]
+            lines += [f"  missing: {name}" for name in self.missing]
             lines += [f"  unused: {name}" for name in self.unused]
             raise CheckpointError("\n".join(lines))
 
@@ -148,6 +148,7 @@ def load_quantized(model_dir: str | Path, model_cls: type, device: str | torch.d
                 want = expected[key]
                 if tuple(t.shape) != tuple(want.shape):
                     report.mismatched.append(f"{key}: checkpoint {tuple(t.shape)} vs model {tuple(want.shape)}")
+                    loaded.add(key)  # reported as mismatched, not again as missing
                     continue
                 if t.is_floating_point():
                     t = t.to(torch.float32 if any(s in key for s in keep_fp32) else dtype)

@@ -83,31 +83,91 @@ def prepare(
     console.print(f"{ws.path}  base {ws.base[:12]}")
 
 
-@app.command()
-def check(
-    task: Path = typer.Argument(..., help="task YAML file"),
-    tree: Path = typer.Option(..., "--tree", "-t", help="the candidate tree (a workspace or one of its worktrees)"),
-    json_out: Path = typer.Option(None, "--json", help="also write the results here as JSON"),
-) -> None:
-    """Run TASK's acceptance checks on a tree; exit 0 only if every check passes."""
-    import json
+STATUS_COLOUR = {"pass": "green", "fail": "red", "error": "red", "flaky": "yellow", "skip": "dim"}
 
-    from .checks.runner import run_checks
+
+def _status(result) -> str:
+    return f"[{STATUS_COLOUR[result.status]}]{result.status}[/]"
+
+
+def _load_or_exit(task: Path):
     from .tasks import TaskSpecError, load_task
 
     try:
-        spec = load_task(task)
+        return load_task(task)
     except TaskSpecError as err:
         console.print(f"[red]{err}[/red]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    results = run_checks(spec, tree)
+
+
+DEVICE_OPTION = typer.Option(None, "--device", "-d", help="cpu or cuda (default: the task's device)")
+
+
+@app.command()
+def check(
+    task: Path = typer.Argument(..., help="task YAML file"),
+    tree: Path = typer.Option(None, "--tree", "-t", help="the candidate tree (a workspace or one of its worktrees)"),
+    branch: str = typer.Option(None, "--branch", "-b", help="a branch (or commit) of the task's workspace"),
+    root: Path = typer.Option(Path("workspaces"), "--root", "-r", help="where workspaces live (with --branch)"),
+    device: str = DEVICE_OPTION,
+    json_out: Path = typer.Option(None, "--json", help="also write the results here as JSON"),
+) -> None:
+    """Run TASK's acceptance checks on a tree or a workspace branch; exit 0 only if every check
+    passes (or is skipped, like kernel_perf without a GPU)."""
+    import contextlib
+    import json
+
+    from .checks.runner import run_checks
+    from .checks.validate import accepted
+    from .tasks import create_workspace
+
+    spec = _load_or_exit(task)
+    if (tree is None) == (branch is None):
+        console.print("[red]give exactly one of --tree DIR or --branch REF[/red]")
+        raise typer.Exit(2)
+    with contextlib.ExitStack() as stack:
+        if branch is not None:
+            if not (root / spec.id).exists():
+                console.print(f"[red]{root / spec.id}: no workspace; run `workbench prepare {task}` first[/red]")
+                raise typer.Exit(2)
+            try:
+                tree = stack.enter_context(create_workspace(spec, root).checkout(branch))
+            except ValueError as err:
+                console.print(f"[red]{err}[/red]", highlight=False)
+                raise typer.Exit(2) from None
+        results = run_checks(spec, tree, device=device)
     table = Table("check", "status", "category", "seconds", "summary")
-    colour = {"pass": "green", "fail": "red", "error": "red", "flaky": "yellow", "skip": "dim"}
     for r in results:
-        table.add_row(r.name, f"[{colour[r.status]}]{r.status}[/]", r.category if r.status != "pass" else "",
-                      f"{r.seconds:.1f}", r.summary)
+        table.add_row(r.name, _status(r), r.category if r.status != "pass" else "", f"{r.seconds:.1f}", r.summary)
     console.print(table)
     if json_out:
         json_out.write_text(json.dumps([r.model_dump() for r in results], indent=1))
-    if not all(r.passed for r in results):
+    if not accepted(results):
         raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    task_files: list[Path] = typer.Argument(..., help="task YAML files"),
+    root: Path = typer.Option(None, "--root", "-r", help="where to build the workspaces (default: a temp dir)"),
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Run every check of each task on its base (must fail) and on its gold solution (must pass)."""
+    from .checks.validate import validate_task
+
+    failed = []
+    for task in task_files:
+        spec = _load_or_exit(task)
+        result = validate_task(spec, root, device)
+        table = Table("check", "base", "gold", "gold s", "gold summary", title=f"{spec.id}: "
+                      + ("[green]valid[/]" if result.ok else "[red]NOT valid[/]"), title_justify="left")
+        for b, g in zip(result.base, result.gold, strict=True):
+            table.add_row(g.name, _status(b), _status(g), f"{g.seconds:.1f}",
+                          g.summary if g.status in ("pass", "skip") else f"[red]{g.summary}[/]")
+        console.print(table)
+        if not result.ok:
+            failed.append(spec.id)
+    if failed:
+        console.print(f"[red]not valid: {', '.join(failed)}[/red]")
+        raise typer.Exit(1)
+    console.print(f"[green]{len(task_files)} task(s) valid[/green]")

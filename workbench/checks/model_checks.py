@@ -11,8 +11,7 @@ import torch
 
 from ..tasks.fixtures import check_seed, fixture_checkpoint
 from ..tasks.spec import CheckSpec, TaskSpec
-from .basic import from_process, tail
-from .probing import ProbeRun, probe_candidate, probe_reference
+from .probing import ProbeRun, exception_message, probe_candidate, probe_failure, probe_reference
 from .result import CheckResult
 
 # Shape cases (batch, length, left padding of row 0): a decode-like T=1, an odd T, a batch, and
@@ -44,23 +43,6 @@ def _timeout(check: CheckSpec) -> float:
     return check.params.get("timeout_s", 300)
 
 
-def _failed(name: str, run: ProbeRun, op: str, timeout_s: float, who: str = "the port") -> CheckResult | None:
-    """The result for a probe that did not get through `op`, or None when it did."""
-    if run.done.returncode != 0 or run.done.timed_out or not run.result:
-        result = from_process(name, run.done, "", timeout_s)
-        if result.category == "command_failed":
-            result = result.model_copy(update={"category": "crash", "summary": f"{who} failed: {result.summary}"})
-        return result
-    if op in run.errors:
-        error = run.errors[op]
-        last = error.strip().splitlines()[-1]
-        category = ("shape_mismatch" if any(w in error for w in ("shape", "size mismatch", "mismatched"))
-                    else "missing_weights" if "missing" in error else "crash")
-        return CheckResult(name=name, status="fail", category=category, summary=f"{who} raised: {last}",
-                           details={"traceback_tail": tail(error, 25)})
-    return None
-
-
 # The reference (when not cached) and a second candidate process run beside the first: the
 # checks machine has 2 cores, and agents wait on these checks every round.
 _POOL = ThreadPoolExecutor(4, thread_name_prefix="wb-probe")
@@ -72,7 +54,7 @@ def _start_reference(spec: TaskSpec, args: dict, timeout_s: float) -> Future:
 
 def _reference(started: Future, spec: TaskSpec, timeout_s: float, name: str, op: str) -> ProbeRun:
     ref = started.result()
-    problem = _failed(name, ref, op, timeout_s, who=f"the reference {spec.reference}")
+    problem = probe_failure(name, ref, op, timeout_s, who=f"the reference {spec.reference}")
     if problem is not None:  # the harness's fault, not the port's
         raise RuntimeError(f"{problem.summary}\n{problem.details}")
     return ref
@@ -83,7 +65,7 @@ def check_shapes(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
     args = _args(spec, check, spec.target, ops=["grid"], grid=check.params.get("grid", DEFAULT_GRID))
     started = _start_reference(spec, args, timeout)
     cand = probe_candidate(tree, "model_probe", args, timeout)
-    if (problem := _failed(name, cand, "grid", timeout)) is not None:
+    if (problem := probe_failure(name, cand, "grid", timeout)) is not None:
         return problem
     ref = _reference(started, spec, timeout, name, "grid")
     ref_grid, cand_grid = ref.result["grid"], cand.result["grid"]
@@ -92,7 +74,7 @@ def check_shapes(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
                                                                    if want["pad"] else "")
         if "error" in got:
             return CheckResult(name=name, status="fail", category="shape_mismatch",
-                               summary=f"{case}: forward raised {got['error'].splitlines()[-1]}",
+                               summary=f"{case}: forward raised {exception_message(got['error'])}",
                                details={"traceback_tail": got["error"]})
         if got["logits"] != want["logits"]:
             return CheckResult(name=name, status="fail", category="shape_mismatch",
@@ -114,7 +96,7 @@ def check_weight_load(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResu
                  perturb_shape=check.params.get("perturb_shape", [4, 128]))
     cand = probe_candidate(tree, "model_probe", args, timeout)
     for op in ("audit", "perturb"):
-        if (problem := _failed(name, cand, op, timeout)) is not None:
+        if (problem := probe_failure(name, cand, op, timeout)) is not None:
             return problem
     audit, dead = cand.result["audit"], cand.result["perturb"]["dead"]
     unread = sorted(set(audit["checkpoint"]) - set(audit["read"]))
@@ -148,18 +130,27 @@ def check_deterministic_output(spec: TaskSpec, check: CheckSpec, tree: Path) -> 
     second_process = _POOL.submit(probe_candidate, tree, "model_probe", args, timeout)
     runs = []
     for run in (probe_candidate(tree, "model_probe", args, timeout), second_process.result()):
-        if (problem := _failed(name, run, "generate", timeout)) is not None:
+        if (problem := probe_failure(name, run, "generate", timeout)) is not None:
             return problem
-        runs.append(run.tensors)
-    first, second, alone = runs[0]["first"], runs[0]["second"], runs[0]["alone"]
+        runs.append(run)
+    first, second, alone = (runs[0].tensors.get(k) for k in ("first", "second", "alone"))
+    later_errors = runs[0].result.get("generate_errors", {})
     fail = dict(name=name, status="fail", category="nondeterministic")
+    if "second" in later_errors:
+        return CheckResult(**fail, summary="a second identical generate call in one process raised "
+                           f"{exception_message(later_errors['second'])} (state kept across calls: a cache?)",
+                           details={"traceback_tail": later_errors["second"]})
     if not torch.equal(first, second):
         return CheckResult(**fail, summary="greedy tokens differ between two identical generate calls in one process "
                            "(state kept across calls: a cache, a position counter?)",
                            details={"first": first.tolist(), "second": second.tolist()})
-    if not torch.equal(first, runs[1]["first"]):
+    if "alone" in later_errors:
+        return CheckResult(**fail, summary="generating for one prompt after a batch raised "
+                           f"{exception_message(later_errors['alone'])}", details={"traceback_tail": later_errors["alone"]})
+    if not torch.equal(first, runs[1].tensors["first"]):
         return CheckResult(**fail, summary="greedy tokens differ between two fresh processes (unseeded randomness, "
-                           "uninitialized memory?)", details={"run1": first.tolist(), "run2": runs[1]["first"].tolist()})
+                           "uninitialized memory?)", details={"run1": first.tolist(),
+                                                               "run2": runs[1].tensors["first"].tolist()})
     if not torch.equal(first[:1], alone):
         return CheckResult(**fail, summary="a prompt generates different tokens alone than as row 0 of a batch",
                            details={"batched": first[:1].tolist(), "alone": alone.tolist()})
@@ -190,7 +181,7 @@ def check_numerics(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
     args = _args(spec, check, spec.target, ops=["logits"], logits_shape=check.params.get("logits_shape", [2, 12]))
     started = _start_reference(spec, args, timeout)
     cand = probe_candidate(tree, "model_probe", args, timeout)
-    if (problem := _failed(name, cand, "logits", timeout)) is not None:
+    if (problem := probe_failure(name, cand, "logits", timeout)) is not None:
         return problem
     ref = _reference(started, spec, timeout, name, "logits")
     got, want = cand.tensors["logits"], ref.tensors["logits"]

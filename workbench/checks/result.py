@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 Status = Literal["pass", "fail", "error", "skip", "flaky"]
 CATEGORIES = ("shape_mismatch", "missing_weights", "unused_weights", "nondeterministic", "diverges_from_reference",
               "import_error", "timeout", "crash", "forbidden_import", "forbidden_op", "tampering", "command_failed",
-              "memory_limit", "infrastructure", "none")
+              "memory_limit", "too_slow", "infrastructure", "none")
 
 
 class CheckResult(BaseModel):

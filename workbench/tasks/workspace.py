@@ -6,9 +6,11 @@ The base commit is reproducible (fixed author and dates), so the same task and s
 the same base hash on every machine, and it holds nothing of the gold solution.
 """
 
+import contextlib
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,29 @@ class Workspace:
         path = self.path.parent / f"{self.path.name}.attempts" / branch.split("/", 2)[2].replace("/", "-")
         self.repo.git.worktree("add", str(path), branch)
         return Attempt(branch, path)
+
+    @contextlib.contextmanager
+    def checkout(self, ref: str) -> Iterator[Path]:
+        """A temporary detached worktree at `ref` (a branch, tag or commit), removed afterwards."""
+        try:
+            self.repo.commit(ref)
+        except (git.BadName, ValueError) as err:
+            raise ValueError(f"{self.path}: no branch, tag or commit named {ref!r}") from err
+        path = Path(tempfile.mkdtemp(prefix=f"{self.task_id}-check-")) / "tree"
+        self.repo.git.worktree("add", "--detach", str(path), ref)
+        try:
+            yield path
+        finally:
+            self.repo.git.worktree("remove", "--force", str(path))
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+    def commit_all(self, tree: Path, message: str) -> str:
+        """Commit every change in `tree` (a worktree of this workspace) and return the commit."""
+        repo = git.Repo(tree)
+        repo.git.add(A=True)
+        with repo.git.custom_environment(**_IDENTITY):
+            repo.git.commit(m=message, no_verify=True, allow_empty=True)
+        return repo.head.commit.hexsha
 
 
 def create_workspace(spec: TaskSpec, root: str | Path = "workspaces", cache: Path | None = None,

@@ -148,13 +148,17 @@ class Probe:
         result["layers"] = tap.names
 
     def generate(self, result: dict, tensors: dict) -> None:
+        """Three calls in order: the batch, the same batch again, its first prompt alone. A later
+        call that raises is recorded, not fatal: state leaking from an earlier call is the finding."""
         model = self.load()
         prompts = self.ids(*self.args["prompts_shape"], seed=11)
         new = self.args["new_tokens"]
-        first = self.module.generate(model, prompts, new).cpu()
-        second = self.module.generate(model, prompts, new).cpu()
-        alone = self.module.generate(model, prompts[:1], new).cpu()
-        tensors.update(first=first, second=second, alone=alone)
+        tensors["first"] = self.module.generate(model, prompts, new).cpu()
+        for call, ids in (("second", prompts), ("alone", prompts[:1])):
+            try:
+                tensors[call] = self.module.generate(model, ids, new).cpu()
+            except Exception as err:
+                result.setdefault("generate_errors", {})[call] = _error_text(err)
 
     def margins(self, result: dict, tensors: dict) -> None:
         """Teacher-forced over the greedy continuation: the gap between the two best logits at
@@ -226,8 +230,9 @@ def checkpoint_names(model_dir: Path) -> dict[str, str]:
 
 
 def _error_text(err: BaseException) -> str:
-    frames = traceback.format_exception(err)
-    return "".join(frames[-3:]).strip()[-2000:]
+    """The last two frames and the head of the message (a load error may list many tensors)."""
+    frames = "".join(traceback.format_tb(err.__traceback__)[-2:])
+    return (frames + "".join(traceback.format_exception_only(err))[:3000]).strip()
 
 
 def main(args: dict) -> None:

@@ -1,0 +1,224 @@
+"""The catalogue of port bugs: each one is caught by the check named for it, with a summary that
+tells an agent what to fix, while the gold solution passes the same check.
+
+Bug ports are the gold solution with one realistic mistake edited in (each edit asserted to
+apply, so a refactor of the gold cannot silently turn a bug test into a gold test). They run on
+the real tasks, against the real reference, under the Triton interpreter.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from workbench.checks.runner import run_check
+from workbench.tasks import create_workspace, load_task
+from workbench.tasks.gold import apply_solution
+from workbench.tasks.sources import cache_root
+from workbench.tasks.spec import CheckSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def task_cache(tmp_path_factory):
+    """One cache for the session (fixtures, reference outputs, seed), apart from the user's; the
+    downloaded sglang/transformers releases are reused from the user's cache when present."""
+    cache = tmp_path_factory.mktemp("wb-cache")
+    if (cache_root() / "pip").is_dir():
+        shutil.copytree(cache_root() / "pip", cache / "pip")
+    old = os.environ.get("WB_CACHE_DIR")
+    os.environ["WB_CACHE_DIR"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("WB_CACHE_DIR")
+    else:
+        os.environ["WB_CACHE_DIR"] = old
+
+
+def gold_port(task_id: str, root: Path):
+    """(spec, tree, base) for the gold solution of `task_id` in a fresh workspace under `root`."""
+    spec = load_task(REPO / "tasks" / f"{task_id}.yaml")
+    ws = create_workspace(spec, root)
+    apply_solution(spec, ws.path)
+    return spec, ws.path, ws.base
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert text.count(old) == 1, f"{path}: the bug edit no longer applies ({old!r})"
+    path.write_text(text.replace(old, new))
+
+
+def check(kind: str, spec, tree, base, **params):
+    return run_check(spec, CheckSpec(kind=kind, **params), tree, base, rerun=False)
+
+
+def test_dropping_q_norm_k_norm_fails_weight_load(tmp_path):
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    port = tree / "w4a8_inference/qwen3.py"
+    port.write_text(port.read_text() + """
+import torch
+from ._gold.adapters.qwen3 import load_model as _load
+
+
+def load_model(model_dir, device="cpu", use_triton=True):  # reads q_norm/k_norm, never applies them
+    model = _load(model_dir, device, use_triton)
+    for layer in model.model.layers:
+        layer.self_attn.q_norm = torch.nn.Identity()
+        layer.self_attn.k_norm = torch.nn.Identity()
+    return model
+""")
+    result = check("weight_load", spec, tree, base)
+    assert result.status == "fail" and result.category == "unused_weights"
+    assert "do not change the logits" in result.summary and "self_attn.k_norm.weight" in result.summary
+    assert sorted(result.details["dead"]) == sorted(f"model.layers.{i}.self_attn.{n}.weight"
+                                                    for i in range(2) for n in ("q_norm", "k_norm"))
+
+
+def test_transposed_pack_order_fails_numerics_at_layer_0(tmp_path):
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    assert check("numerics", spec, tree, base).status == "pass"
+    edit(tree / "w4a8_inference/_gold/kernels/packing.py", "AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)",
+         "AWQ_ORDER = (0, 1, 2, 3, 4, 5, 6, 7)")
+    result = check("numerics", spec, tree, base)
+    assert result.status == "fail" and result.category == "diverges_from_reference"
+    assert result.details["first_divergent_layer"] == "model.layers.0"
+    assert "first divergent layer: model.layers.0" in result.summary
+
+
+def test_non_interleaved_ernie_rope_fails_numerics(tmp_path):
+    spec, tree, base = gold_port("ernie4_5_w4a8", tmp_path)
+    port = tree / "w4a8_inference/ernie4_5.py"
+    port.write_text(port.read_text() + """
+import torch
+import transformers.models.ernie4_5.modeling_ernie4_5 as _ernie
+
+
+def _rotate_halves(x):  # the NeoX / Llama rotation: pairs (i, i + d/2) instead of (2i, 2i + 1)
+    return torch.cat((-x[..., x.shape[-1] // 2:], x[..., : x.shape[-1] // 2]), dim=-1)
+
+
+_ernie.rotate_half = _rotate_halves
+""")
+    result = check("numerics", spec, tree, base)
+    assert result.status == "fail" and result.category == "diverges_from_reference"
+    assert result.details["first_divergent_layer"] == "model.layers.0"
+
+
+def test_state_kept_across_calls_fails_deterministic_output(tmp_path):
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    port = tree / "w4a8_inference/qwen3.py"
+    port.write_text(port.read_text() + """
+import torch
+from transformers import DynamicCache
+
+
+def generate(model, input_ids, max_new_tokens):  # one KV cache for the life of the model
+    if not hasattr(model, "_cache"):
+        model._cache = DynamicCache(config=model.config)
+    return model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                          max_new_tokens=max_new_tokens, pad_token_id=0, past_key_values=model._cache)
+""")
+    result = check("deterministic_output", spec, tree, base)
+    assert result.status == "fail" and result.category == "nondeterministic"
+    assert "two identical generate calls in one process" in result.summary
+
+
+def test_wrong_head_dim_fails_shapes_naming_the_projection(tmp_path):
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    edit(tree / "w4a8_inference/_gold/adapters/loader.py",
+         "    config = transformers.AutoConfig.from_pretrained(root)\n",
+         "    config = transformers.AutoConfig.from_pretrained(root)\n"
+         "    config.head_dim = config.hidden_size // config.num_attention_heads\n")
+    result = check("shapes", spec, tree, base)
+    assert result.status == "fail" and result.category == "shape_mismatch"
+    assert "does not fit the model | mismatched: model.layers.0.self_attn." in result.summary
+    assert "_norm.weight: checkpoint (32,) vs model (16,)" in result.summary  # head_dim 32, not 64 / 4
+    assert "self_attn.q_proj: checkpoint gives" in result.details["traceback_tail"]
+
+
+def test_router_never_read_fails_weight_load(tmp_path):
+    spec, tree, base = gold_port("qwen3_moe_w4a8", tmp_path)
+    edit(tree / "w4a8_inference/_gold/adapters/loader.py", "                layer, _, suffix = key.rpartition(\".\")\n",
+         "                if key.endswith('mlp.gate.weight'):  # router left at a random init\n"
+         "                    assign_tensor(model, key, torch.randn(expected[key].shape, dtype=dtype, device=device))\n"
+         "                    loaded.add(key)\n"
+         "                    continue\n"
+         "                layer, _, suffix = key.rpartition(\".\")\n")
+    result = check("weight_load", spec, tree, base)
+    assert result.status == "fail" and result.category == "unused_weights"
+    assert "never read" in result.summary and "model.layers.0.mlp.gate.weight" in result.summary
+
+
+def test_port_returning_the_reference_fails_import_checks(tmp_path):
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    (tree / "w4a8_inference/qwen3.py").write_text("from adapters.qwen3 import generate, load_model\n")
+    static = check("no_forbidden_imports", spec, tree, base)
+    assert static.status == "fail" and static.category == "forbidden_import"
+    assert "w4a8_inference/qwen3.py:1: imports adapters.qwen3" in static.summary
+    runtime = check("numerics", spec, tree, base)  # and at run time the harness is not importable
+    assert runtime.status == "fail" and runtime.category == "forbidden_import"
+
+
+def test_kernel_handing_the_gemm_to_torch_fails_forbidden_op(tmp_path):
+    spec, tree, base = gold_port("w4a8_gemm_kernel", tmp_path)
+    assert check("kernel_numerics", spec, tree, base).status == "pass"
+    (tree / "w4a8_kernel.py").write_text('''
+import torch
+
+
+def w4a8_gemm(x, weight_packed, weight_scale, group_size):  # dequantize, then cuBLAS
+    n, k = weight_packed.shape[0], x.shape[1]
+    words = weight_packed.to(torch.int64) & 0xFFFFFFFF
+    q = torch.stack([(words >> (4 * i)) & 0xF for i in range(8)], -1).reshape(n, -1)[:, :k] - 8
+    scale = weight_scale.float().repeat_interleave(k // weight_scale.shape[1], dim=1)
+    return torch.matmul(x.float(), (q * scale).t()).to(torch.bfloat16)
+''')
+    result = check("kernel_numerics", spec, tree, base)
+    assert result.status == "fail" and result.category == "forbidden_op"
+    assert "aten.mm" in result.summary
+
+
+def test_kernel_with_a_wrong_nibble_order_fails_kernel_numerics(tmp_path):
+    spec, tree, base = gold_port("w4a8_gemm_kernel", tmp_path)
+    edit(tree / "_gold/kernels/packing.py", "nibbles = torch.stack([(words >> (4 * i)) & 0xF for i in range(8)], dim=-1)",
+         "nibbles = torch.stack([(words >> (4 * (7 - i))) & 0xF for i in range(8)], dim=-1)")
+    result = check("kernel_numerics", spec, tree, base)
+    assert result.status == "fail" and result.category == "diverges_from_reference"
+    assert "M=1, N=96, K=128, group_size=32" in result.summary
+
+
+def test_check_a_branch_of_the_workspace(tmp_path):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    task = REPO / "tasks/w4a8_gemm_kernel.yaml"
+    spec = load_task(task)
+    ws = create_workspace(spec, tmp_path)
+    attempt = ws.new_attempt("someone", 1, worktree=True)
+    apply_solution(spec, attempt.path)
+    ws.commit_all(attempt.path, "the gold, as an attempt")
+    runner = CliRunner()
+    args = ["check", str(task), "--root", str(tmp_path), "--branch"]
+    passed = runner.invoke(app, args + ["wb/w4a8_gemm_kernel/someone/1"])
+    assert passed.exit_code == 0, passed.output
+    assert "kernel_numerics" in passed.output and "skip" in passed.output  # kernel_perf needs CUDA
+    assert runner.invoke(app, args + ["main"]).exit_code == 1
+    missing = runner.invoke(app, args + ["wb/nope"])
+    assert missing.exit_code == 2 and "no branch, tag or commit named 'wb/nope'" in missing.output
+
+
+def test_validate_every_task(tmp_path):
+    """`workbench validate tasks/*.yaml`: each task's checks fail on its base and pass on its gold."""
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    tasks = sorted(str(p) for p in (REPO / "tasks").glob("*.yaml"))
+    assert len(tasks) == 5
+    result = CliRunner().invoke(app, ["validate", *tasks, "--root", str(tmp_path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "5 task(s) valid" in result.output and "NOT valid" not in result.output
