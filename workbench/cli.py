@@ -171,3 +171,65 @@ def validate(
         console.print(f"[red]not valid: {', '.join(failed)}[/red]")
         raise typer.Exit(1)
     console.print(f"[green]{len(task_files)} task(s) valid[/green]")
+
+
+@app.command()
+def models() -> None:
+    """List the model registry and whether each model's API key is set."""
+    from .agent.registry import RegistryError, load_registry
+
+    try:
+        registry = load_registry()
+    except RegistryError as err:
+        console.print(f"[red]{err}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    table = Table("name", "model id", "endpoint", "key variable", "key set", "context", "$ in / out per M")
+    for entry in registry.values():
+        key = "scripted" if entry.scripted else ("[green]yes[/]" if entry.has_key else "[red]no[/]")
+        table.add_row(entry.name, entry.model_id, entry.base_url, entry.api_key_env or "-", key,
+                      f"{entry.context_window:,}", f"{entry.prices.input:g} / {entry.prices.output:g}")
+    console.print(table)
+
+
+@app.command()
+def run(
+    task_files: list[Path] = typer.Argument(..., help="task YAML files"),
+    model: list[str] = typer.Option(..., "--model", "-m", help="registry name (repeat for several); `demo` is scripted"),
+    attempts: int = typer.Option(1, "--attempts", "-k", min=1, help="attempts per task and model"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="attempts run in parallel (one worktree each)"),
+    out: Path = typer.Option(Path("transcripts"), "--out", "-o", help="where attempt records go"),
+    workspaces: Path = typer.Option(Path("workspaces"), "--workspaces", help="where task workspaces live"),
+    resume: bool = typer.Option(False, "--resume", help="skip finished attempts, continue unfinished ones"),
+    base_url: str = typer.Option(None, "--base-url", help="any OpenAI-compatible endpoint (overrides the registry)"),
+    api_key_env: str = typer.Option(None, "--api-key-env", help="environment variable holding the API key"),
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Run agents on tasks: the task x model x attempt matrix, with a live view and a summary."""
+    from .agent.registry import RegistryError, resolve_model
+    from .runs.matrix import Job, MatrixRun
+
+    specs = [_load_or_exit(t) for t in task_files]
+    try:
+        entries = [resolve_model(m, base_url, api_key_env) for m in model]
+    except RegistryError as err:
+        console.print(f"[red]{err}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    job_list = [Job(spec, entry, n) for spec in specs for entry in entries for n in range(1, attempts + 1)]
+    matrix = MatrixRun(job_list, out, workspaces, resume, None if any(e.scripted for e in entries) else base_url,
+                       device, console)
+    try:
+        results = matrix.run(jobs)
+    except FileExistsError as err:
+        console.print(f"[red]{err}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    summary = Table("task", "model", "#", "status", "rounds", "turns", "tokens", "cost $", "wall s", "branch",
+                    title="summary", title_justify="left")
+    for r in results:
+        colour = "green" if r.status == "passed" else "red"
+        summary.add_row(r.task, r.model + (" (scripted)" if r.scripted else ""), str(r.attempt),
+                        f"[{colour}]{r.status}[/]", str(r.rounds), str(r.turns),
+                        f"{r.prompt_tokens + r.completion_tokens:,}", f"{r.cost_usd:.4f}", f"{r.wall_s:.0f}", r.branch)
+    console.print(summary)
+    console.print(f"records: {out}/<task>/<model>/<n>/ (transcript.jsonl, result.json, checks/, patch.diff)")
+    if not all(r.status == "passed" for r in results):
+        raise typer.Exit(1)

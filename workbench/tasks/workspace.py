@@ -21,7 +21,7 @@ from .sources import materialize
 from .spec import TaskSpec
 
 BASE_TAG = "base"
-_IDENTITY = {"GIT_AUTHOR_NAME": "workbench", "GIT_AUTHOR_EMAIL": "workbench@localhost",
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "workbench", "GIT_AUTHOR_EMAIL": "workbench@localhost",
              "GIT_COMMITTER_NAME": "workbench", "GIT_COMMITTER_EMAIL": "workbench@localhost",
              "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000"}
 IGNORED = "__pycache__/\n*.pyc\n.pytest_cache/\n"
@@ -80,7 +80,7 @@ class Workspace:
         """Commit every change in `tree` (a worktree of this workspace) and return the commit."""
         repo = git.Repo(tree)
         repo.git.add(A=True)
-        with repo.git.custom_environment(**_IDENTITY):
+        with repo.git.custom_environment(**GIT_IDENTITY):
             repo.git.commit(m=message, no_verify=True, allow_empty=True)
         return repo.head.commit.hexsha
 
@@ -88,7 +88,7 @@ class Workspace:
 def create_workspace(spec: TaskSpec, root: str | Path = "workspaces", cache: Path | None = None,
                      fresh: bool = False) -> Workspace:
     """Build (or reopen) `root/<task id>`: the task's sources committed as the tagged base."""
-    path = Path(root) / spec.id
+    path = Path(root).resolve() / spec.id
     if path.exists() and fresh:
         shutil.rmtree(path)
         shutil.rmtree(path.parent / f"{path.name}.attempts", ignore_errors=True)
@@ -110,7 +110,7 @@ def create_workspace(spec: TaskSpec, root: str | Path = "workspaces", cache: Pat
         (staging / ".gitignore").write_text(IGNORED)
         repo = git.Repo.init(staging, initial_branch="main")
         repo.git.add(A=True)
-        with repo.git.custom_environment(**_IDENTITY):
+        with repo.git.custom_environment(**GIT_IDENTITY):
             repo.git.commit(m=f"base: sources of task {spec.id}", no_verify=True)
         repo.create_tag(BASE_TAG)
         staging.rename(path)

@@ -1,0 +1,1 @@
+"""What a run leaves behind: transcripts, check rounds, results, patches."""
