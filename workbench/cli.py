@@ -233,3 +233,7 @@ def run(
     console.print(f"records: {out}/<task>/<model>/<n>/ (transcript.jsonl, result.json, checks/, patch.diff)")
     if not all(r.status == "passed" for r in results):
         raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -6,8 +6,6 @@ apply, so a refactor of the gold cannot silently turn a bug test into a gold tes
 the real tasks, against the real reference, under the Triton interpreter.
 """
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,26 +13,10 @@ import pytest
 from workbench.checks.runner import run_check
 from workbench.tasks import create_workspace, load_task
 from workbench.tasks.gold import apply_solution
-from workbench.tasks.sources import cache_root
 from workbench.tasks.spec import CheckSpec
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def task_cache(tmp_path_factory):
-    """One cache for the session (fixtures, reference outputs, seed), apart from the user's; the
-    downloaded sglang/transformers releases are reused from the user's cache when present."""
-    cache = tmp_path_factory.mktemp("wb-cache")
-    if (cache_root() / "pip").is_dir():
-        shutil.copytree(cache_root() / "pip", cache / "pip")
-    old = os.environ.get("WB_CACHE_DIR")
-    os.environ["WB_CACHE_DIR"] = str(cache)
-    yield cache
-    if old is None:
-        os.environ.pop("WB_CACHE_DIR")
-    else:
-        os.environ["WB_CACHE_DIR"] = old
+pytestmark = pytest.mark.usefixtures("task_cache")
 
 
 def gold_port(task_id: str, root: Path):

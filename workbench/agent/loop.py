@@ -53,10 +53,10 @@ def check_report(results: list) -> str:
 class AttemptLoop:
     def __init__(self, spec: TaskSpec, entry: ModelEntry, ws: Workspace, attempt: Attempt, record: AttemptRecord,
                  n: int, base_url: str | None = None, device: str | None = None,
-                 on_update: Callable[[AttemptResult, str], None] | None = None):
+                 on_update: Callable[[AttemptResult, str], None] | None = None, client: LLMClient | None = None):
         self.spec, self.entry, self.ws, self.attempt, self.record = spec, entry, ws, attempt, record
         self.device, self.on_update = device, on_update or (lambda result, note: None)
-        self.client = LLMClient(entry, base_url)
+        self.client = client or LLMClient(entry, base_url)
         self.tools = Toolbox(attempt.path, DEFAULT_PROTECTED)
         self.repo = git.Repo(attempt.path)
         self.result = AttemptResult(task=spec.id, model=entry.name, attempt=n, scripted=entry.scripted,

@@ -11,6 +11,7 @@ import re
 import resource
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,21 +58,28 @@ def run_sandboxed(argv: list[str], cwd: str | Path, timeout_s: float, memory_mb:
             resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
 
     start = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env if env is not None else scrubbed_env(), text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, preexec_fn=limit_memory)
-    try:
-        out, err = proc.communicate(stdin, timeout=timeout_s)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        out, err = "", ""
-    finally:
+    # Output goes to files, not pipes: a daemon the command leaves behind keeps a pipe open and
+    # would hold us until the time limit; with files we stop when the command itself exits.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env if env is not None else scrubbed_env(), text=True,
+                                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                stdout=out, stderr=err, start_new_session=True, preexec_fn=limit_memory)
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: daemons and servers too
-        except ProcessLookupError:
-            pass
-    if timed_out:
-        out, err = proc.communicate()
-    return SandboxResult(None if timed_out else proc.returncode, _truncate(out), _truncate(err),
+            if stdin is not None:
+                proc.stdin.write(stdin)
+                proc.stdin.close()
+            proc.wait(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole group: daemons and servers too
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    return SandboxResult(None if timed_out else proc.returncode, _truncate(stdout), _truncate(stderr),
                          time.monotonic() - start, timed_out)
