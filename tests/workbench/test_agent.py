@@ -219,3 +219,20 @@ def test_a_run_killed_mid_attempt_resumes_from_its_transcript(tmp_path):
     assert read_result(folder).status == "passed"
     again = CliRunner().invoke(app, cmd[3:] + ["--resume"])  # finished: skipped, not rerun
     assert again.exit_code == 0 and len(read_events(folder)) == len(after)
+
+
+def test_turns_without_progress_end_the_attempt(small, tmp_path):
+    with ScriptedServer(by_step(say(tool("read_file", path="port/__init__.py")))) as server:
+        result = attempt_loop(small, tmp_path, server).run()
+    assert result.status == "failed" and result.failure_class == "no_progress" and result.turns == 10
+
+
+def test_old_tool_outputs_are_shortened_to_fit_the_context():
+    from workbench.agent.llm import shorten_old_tool_outputs
+
+    messages = [{"role": "system", "content": "s"}] + [
+        {"role": "tool", "tool_call_id": str(i), "content": "x" * 10_000} for i in range(10)]
+    short = shorten_old_tool_outputs(messages, context_tokens=10_000)
+    assert sum(len(m["content"]) for m in short) <= 10_000 * 3.5 * 0.8
+    assert short[-1]["content"] == messages[-1]["content"]  # the latest outputs stay whole
+    assert short[1]["content"].endswith("[older tool output shortened]") and messages[1]["content"] == "x" * 10_000

@@ -98,14 +98,15 @@ class LLMClient:
 
 def shorten_old_tool_outputs(messages: list[dict], context_tokens: int, keep_last: int = 6) -> list[dict]:
     """Keep the conversation inside the context window: the oldest tool outputs are cut to a
-    stub first (the last `keep_last` messages stay whole)."""
+    stub first, then newer ones; the latest message always stays whole."""
     budget_chars = int(context_tokens * CHARS_PER_TOKEN * 0.8)
     out = [dict(m) for m in messages]
     total = sum(len(str(m.get("content") or "")) for m in out)
-    for m in out[:-keep_last]:
-        if total <= budget_chars:
-            break
-        if m.get("role") == "tool" and len(m["content"]) > 200:
-            total -= len(m["content"]) - 120
-            m["content"] = m["content"][:100] + " ... [older tool output shortened]"
+    for candidates in (out[:-keep_last], out[:-1]):  # the oldest first, then all but the latest
+        for m in candidates:
+            if total <= budget_chars:
+                return out
+            if m.get("role") == "tool" and len(m["content"]) > 200:
+                total -= len(m["content"]) - 120
+                m["content"] = m["content"][:100] + " ... [older tool output shortened]"
     return out
