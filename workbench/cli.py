@@ -15,6 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+errors = Console(stderr=True)  # warnings stay off stdout, which may carry json or csv
 
 
 def _print_version(value: bool) -> None:
@@ -233,6 +234,64 @@ def run(
     console.print(f"records: {out}/<task>/<model>/<n>/ (transcript.jsonl, result.json, checks/, patch.diff)")
     if not all(r.status == "passed" for r in results):
         raise typer.Exit(1)
+
+
+@app.command(name="compare")
+def compare_cmd(
+    task: list[str] = typer.Option(None, "--task", "-t", help="only these task ids (repeatable)"),
+    model: list[str] = typer.Option(None, "--model", "-m", help="only these models (repeatable)"),
+    out: Path = typer.Option(Path("transcripts"), "--out", "-o", help="the runs folder"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, markdown, csv or json"),
+) -> None:
+    """Rank models across tasks from recorded runs (result.json files only)."""
+    from .runs.compare import compare, load_results, mcnemar
+    from .runs.views import render_rows
+
+    if fmt not in ("table", "markdown", "csv", "json"):
+        console.print(f"[red]--format {fmt!r}: choose table, markdown, csv or json[/red]")
+        raise typer.Exit(2)
+    results, corrupt = load_results(out)
+    for bad in corrupt:
+        errors.print(f"[yellow]skipped {bad.path}: {bad.error}[/yellow]", highlight=False)
+    rows = compare(results, task, model)
+    if not rows:
+        console.print(f"no recorded runs under {out}")
+        raise typer.Exit(1)
+    models_seen = list(dict.fromkeys(r.model for r in rows))
+    paired = mcnemar(results, *models_seen) if len(models_seen) == 2 else None
+    rendered = render_rows(rows, fmt, paired)
+    if isinstance(rendered, str):
+        print(rendered)
+    else:
+        console.print(rendered)
+
+
+@app.command()
+def review(
+    run_id: str = typer.Argument(..., help="<task>/<model>/<n>, as under the runs folder"),
+    out: Path = typer.Option(Path("transcripts"), "--out", "-o", help="the runs folder"),
+    full: bool = typer.Option(False, "--full", help="every message, in full"),
+    branch: bool = typer.Option(False, "--branch", help="print the branch and the git commands to inspect it"),
+    workspaces: Path = typer.Option(Path("workspaces"), "--workspaces", help="where task workspaces live"),
+) -> None:
+    """Show one attempt: result, check rounds, patch and transcript."""
+    from .runs.record import read_result
+    from .runs.views import review as review_view
+
+    folder = out / run_id
+    result = read_result(folder)
+    if result is None:
+        console.print(f"[red]{folder}: no readable result.json (unknown run, or still running)[/red]", highlight=False)
+        raise typer.Exit(2)
+    if branch:
+        ws = workspaces.resolve() / result.task
+        print(result.branch)
+        print(f"git -C {ws} log --stat {result.base[:12]}..{result.branch}\n"
+              f"git -C {ws} diff {result.base[:12]} {result.branch}\n"
+              f"git -C {ws} worktree list")
+        return
+    for part in review_view(folder, result, full):
+        console.print(part)
 
 
 if __name__ == "__main__":

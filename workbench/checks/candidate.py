@@ -39,5 +39,5 @@ def run_candidate(workspace: str | Path, payload: str, timeout_s: float, memory_
                   env: dict[str, str] | None = None) -> SandboxResult:
     workspace = str(Path(workspace).resolve())
     code = _BOOTSTRAP.format(blocked=BLOCKED, marker=FORBIDDEN_MARKER, workspace=workspace) + payload
-    return run_sandboxed([sys.executable, "-I", "-c", code], workspace, timeout_s, memory_mb,
+    return run_sandboxed([sys.executable, "-I", "-B", "-c", code], workspace, timeout_s, memory_mb,
                          env=scrubbed_env(env))

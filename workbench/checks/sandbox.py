@@ -39,7 +39,11 @@ class SandboxResult:
 
 def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """A minimal environment: the variables a Python process needs, never one that looks secret."""
-    env = {**{k: v for k, v in os.environ.items() if k in PASSED_THROUGH}, **(extra or {})}
+    # No .pyc in workspaces: a file rewritten within the same second at the same size would
+    # otherwise be run from its stale bytecode (mtime and size are all the check compares).
+    # (Candidate probes run with -I, which ignores this variable, and pass -B instead.)
+    env = {**{k: v for k, v in os.environ.items() if k in PASSED_THROUGH}, "PYTHONDONTWRITEBYTECODE": "1",
+           **(extra or {})}
     return {k: v for k, v in env.items() if not SECRET_NAME.search(k)}
 
 
