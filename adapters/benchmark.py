@@ -9,6 +9,8 @@ never a bf16 copy of a W4A8 model) and measured in one run, one variant at a tim
 GiB, prefill tokens/s (one 1024-token prompt), decode tokens/s at batch 1 and 16 (256 new
 tokens, HF eager `generate` with its dynamic KV cache), and batch-1 seconds for 500 tokens,
 the figure the seed workflow reported (Qwen3-32B: 51 s with its Triton path, 73 s without).
+Every timing follows a warm-up on the same shapes (autotuning and compiles stay out of it), and
+SDPA's cuDNN backend is off for all variants (`attention_backends`; --cudnn-sdpa allows it).
 Variants: W4A8 Triton, W4A8 torch path, bf16 transformers.
 """
 
@@ -66,6 +68,23 @@ def build(config, variant: str, device: str, group_size: int = 128) -> nn.Module
     return model
 
 
+def attention_backends(allow_cudnn: bool):
+    """SDPA backends for the measurement: flash, memory-efficient and math, not cuDNN.
+
+    cuDNN attention builds (and caches, per process) an execution graph for every new sequence
+    length, i.e. on every decode step of a growing KV cache: on the H100, in 3 decode steps of
+    qwen3-8b, `aten::_cudnn_attention_forward` took 191 ms of CPU (1.8 ms a call, ~50 ms a step)
+    for the variant measured first, and 6 ms (86 us a call) for the next variant in the same
+    process, which found the graphs of the same lengths cached. That charged every new length to
+    whichever variant ran first (W4A8) and hid it from bf16; without cuDNN all variants pay the
+    same, shape-independent attention cost.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel(backends + [SDPBackend.CUDNN_ATTENTION] if allow_cudnn else backends)
+
+
 def _timed(fn, device: str) -> float:
     synchronize(device)
     start = time.perf_counter()
@@ -81,7 +100,10 @@ def measure(model: nn.Module, device: str, prompt: int, new_tokens: int, batches
     row = {"weight_GiB": sum(t.numel() * t.element_size() for t in {id(t): t for t in
                              list(model.parameters()) + list(model.buffers())}.values()) / 2**30}
     ids = torch.randint(0, vocab, (1, prompt), device=device)
-    model(ids[:, :16])  # warm-up: compile, autotune
+    # Warm up on the exact shapes that are timed: autotuning and Triton compiles are keyed on the
+    # M bucket (1024 here), so a 16-token warm-up left them inside the timed prefill (H100,
+    # qwen3-8b W4A8: 13.5 s for the first 1024-token call, 0.13 s for the second).
+    model(ids)
     row["prefill_tok_s"] = prompt / _timed(lambda: model(ids), device)
 
     def gen(batch: int, n: int):
@@ -102,6 +124,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny cpu-tier configs and few tokens (smoke run)")
+    parser.add_argument("--cudnn-sdpa", action="store_true",
+                        help="let SDPA pick cuDNN attention (off by default: see attention_backends)")
     args = parser.parse_args(argv)
     prompt, new, batches, long = (1024, 256, (1, 16), 500) if not args.tiny else (32, 4, (1, 2), 6)
     models = ["qwen3", "qwen3_moe"] if args.tiny else args.models.split(",")
@@ -116,7 +140,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 model = build(config, variant, args.device, 32 if args.tiny else 128)
                 synchronize(args.device)
                 row = {"model": name, "variant": variant, "load_s": time.perf_counter() - start}
-                row.update(measure(model, args.device, prompt, new, batches, long))
+                with attention_backends(args.cudnn_sdpa):
+                    row.update(measure(model, args.device, prompt, new, batches, long))
             except torch.cuda.OutOfMemoryError:
                 row = {"model": name, "variant": variant, "note": "out of GPU memory"}
             rows.append(row)

@@ -49,6 +49,14 @@ def _per_token_quant_int8_kernel(
     tl.store(scale_ptr + offs_m, scale, mask=offs_m < M)
 
 
+def quant_launch_params(m: int, k: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_K, num_warps) for x [m, k]: whole rows per program, several when K is small
+    (~8K elements per program in registers)."""
+    block_k = triton.next_power_of_2(max(k, 16))
+    block_m = max(1, min(16, 8192 // block_k, triton.next_power_of_2(m)))
+    return block_m, block_k, 4 if block_k * block_m <= 4096 else 8
+
+
 def per_token_quant_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] bf16/fp16/fp32 -> (x_q int8 [M, K], scales fp32 [M, 1])."""
     if x.dim() != 2:
@@ -60,10 +68,7 @@ def per_token_quant_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scales = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m == 0:
         return x_q, scales
-    block_k = triton.next_power_of_2(max(k, 16))
-    # Keep ~8K elements per program in registers; several rows per program when K is small.
-    block_m = max(1, min(16, 8192 // block_k, triton.next_power_of_2(m)))
-    num_warps = 4 if block_k * block_m <= 4096 else 8
+    block_m, block_k, num_warps = quant_launch_params(m, k)
     grid = (triton.cdiv(m, block_m),)
     _per_token_quant_int8_kernel[grid](
         x, x_q, scales, m, k,

@@ -19,7 +19,7 @@ from .autotune import interpreting
 from .packing import pack_w4a8, padded_k, repack_awq, repack_ct, unpack_w4a8
 from .reference import check_group_size, per_token_quant_int8_ref, quantize_weight
 from .act_quant import per_token_quant_int8
-from .w4a8_gemm import w4a8_gemm
+from .w4a8_gemm import DECODE_MAX_M, decode_plan, w4a8_gemm
 from .w8a8_gemm import w8a8_gemm
 
 PACKED_FORMATS = ("kernel", "awq", "compressed-tensors")
@@ -69,6 +69,7 @@ class W4A8Linear(nn.Module):
         # the symmetric part; zeros enter as a rank-G correction from per-group sums of x_q.
         self.register_buffer("zeros", torch.zeros(n_groups, out_features, dtype=torch.float32, device=device)
                              if zero_points else None)
+        self._plans: dict = {}  # (M, x dtype) -> w4a8_gemm.DecodePlan, for decode-sized M
 
     @classmethod
     def from_quantized(cls, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
@@ -139,7 +140,7 @@ class W4A8Linear(nn.Module):
         if not self._triton_runs_here(x):
             y = w4a8_linear_torch(x2, self.qweight, self.scales, self.in_features, self.bias, self.zeros)
         elif self.zeros is None:
-            y = w4a8_gemm(x2, self.qweight, self.scales, self.group_size, self.bias)
+            y = self._triton_forward(x2)
         else:
             x_q, x_scale = per_token_quant_int8(x2)
             y = w4a8_gemm(x_q, self.qweight, self.scales, self.group_size, x_scale=x_scale, out_dtype=torch.float32)
@@ -147,6 +148,28 @@ class W4A8Linear(nn.Module):
             y = y - x_scale * (group_sums @ self.zeros)
             y = (y + self.bias.to(torch.float32) if self.bias is not None else y).to(x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _triton_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        """The Triton path without zero points. Decode-sized M (<= DECODE_MAX_M) runs through a
+        per-layer `DecodePlan`: checks, config lookup and Triton's argument binding are done once
+        per (M, dtype), not on every call (they cost more CPU than the GEMM takes GPU)."""
+        m = x2.shape[0]
+        if not 0 < m <= DECODE_MAX_M or not x2.dtype.is_floating_point:
+            return w4a8_gemm(x2, self.qweight, self.scales, self.group_size, self.bias)
+        plan = self._plans.get((m, x2.dtype))
+        if plan is not None and not plan.holds(self.qweight, self.scales, self.bias):
+            self._plans.clear()  # new buffers (.to(), a reload): plan again
+            plan = None
+        if plan is None:
+            plan = decode_plan(x2, self.qweight, self.scales, self.group_size, self.bias)
+            if not (x2.is_cuda and torch.cuda.is_current_stream_capturing()):  # untuned inside a capture
+                self._plans[(m, x2.dtype)] = plan
+        if not plan.accepts(x2):  # strided or unaligned input: the general path
+            return w4a8_gemm(x2, self.qweight, self.scales, self.group_size, self.bias)
+        return plan(x2, self.qweight, self.scales, self.bias)
+
+    def __getstate__(self):  # copies and pickles plan again (plans hold compiled kernels)
+        return {**super().__getstate__(), "_plans": {}}
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

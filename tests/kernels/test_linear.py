@@ -1,10 +1,12 @@
 """W4A8Linear: construction from float and from both on-disk formats, both execution paths."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from kernels import W4A8Linear, pack_awq, pack_ct, pack_w4a8, quantize_weight, w4a8_linear_ref
+from kernels import W4A8Linear, pack_awq, pack_ct, pack_w4a8, quantize_weight, w4a8_gemm, w4a8_linear_ref
 
 from .test_w4a8_gemm import assert_matches_contract
 
@@ -103,3 +105,35 @@ def test_w8a8_linear(device, use_triton):
     x_q, x_scale = per_token_quant_int8_ref(x)
     ref = w8a8_gemm_ref(x_q, x_scale, layer.weight, layer.weight_scale, layer.bias)
     assert_matches_contract(layer.to(device)(x.to(device)), ref.to(device))
+
+
+@pytest.mark.parametrize("group_size,bias", [(-1, True), (128, False)])
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_decode_plan_matches_the_checked_path(device, group_size, bias, m):
+    """Decode-sized M runs through a per-layer DecodePlan (kernels launched directly after the
+    first call on a GPU): the same bits as `w4a8_gemm`, on the first call and on later ones."""
+    linear = nn.Linear(512, 256, bias=bias).to(torch.bfloat16)
+    layer = W4A8Linear.from_float(linear, group_size).to(device)
+    x = torch.randn(m, 512, dtype=torch.bfloat16, device=device)
+    want = w4a8_gemm(x, layer.qweight, layer.scales, group_size, layer.bias)
+    q, scales = quantize_weight(linear.weight, group_size)
+    assert_matches_contract(want, w4a8_linear_ref(x.cpu(), q, scales, linear.bias).to(device))
+    for _ in range(3):
+        assert torch.equal(layer(x), want)
+    plan = layer._plans[(m, torch.bfloat16)]
+    if device == "cuda":  # the direct relaunch is on (see kernels/launch.py)
+        assert plan.gemm.compiled is not None and plan.quant.compiled is not None
+
+
+def test_decode_plan_follows_new_buffers_and_strided_inputs(device):
+    layer = W4A8Linear.from_float(nn.Linear(256, 128, bias=False), 64).to(device)
+    x = torch.randn(2, 256, device=device)
+    first = layer(x)
+    other = W4A8Linear.from_float(nn.Linear(256, 128, bias=False), 64).to(device)
+    layer.load_state_dict(other.state_dict(), assign=True)  # new buffer tensors: a new plan
+    assert torch.equal(layer(x), other(x)) and not torch.equal(layer(x), first)
+    wide = torch.randn(2, 512, device=device)
+    strided = wide[:, ::2]  # stride (512, 2): not the plan's layout, takes w4a8_gemm
+    assert torch.equal(layer(strided), layer(strided.contiguous()))
+    copied = copy.deepcopy(layer)  # plans are not copied
+    assert copied._plans == {} and torch.equal(copied(x), layer(x))
