@@ -236,3 +236,15 @@ def test_old_tool_outputs_are_shortened_to_fit_the_context():
     assert sum(len(m["content"]) for m in short) <= 10_000 * 3.5 * 0.8
     assert short[-1]["content"] == messages[-1]["content"]  # the latest outputs stay whole
     assert short[1]["content"].endswith("[older tool output shortened]") and messages[1]["content"] == "x" * 10_000
+
+
+def test_run_against_any_endpoint_with_base_url(small, tmp_path):
+    script = by_step(say(tool("write_file", path="port/model.py", content="def answer():\n    return 42\n")),
+                     say(tool("finish", summary="done")))
+    with ScriptedServer(script, model="some-served-model") as server:
+        result = CliRunner().invoke(app, ["run", str(small.path), "--model", "some-served-model", "--base-url",
+                                          server.base_url, "--api-key-env", "WB_TEST_API_KEY", "--out",
+                                          str(tmp_path / "out"), "--workspaces", str(tmp_path / "ws")])
+    assert result.exit_code == 0, result.output
+    assert server.requests[0]["body"]["model"] == "some-served-model"
+    assert read_result(tmp_path / "out/small/some-served-model/1").status == "passed"
