@@ -60,14 +60,23 @@ def _reference(started: Future, spec: TaskSpec, timeout_s: float, name: str, op:
     return ref
 
 
+def _probe_both(spec: TaskSpec, args: dict, tree: Path, timeout: float, name: str,
+                op: str) -> tuple[ProbeRun, ProbeRun] | CheckResult:
+    """The port's probe and, run beside it, the reference's; a port that fails `op` is the result."""
+    started = _start_reference(spec, args, timeout)
+    cand = probe_candidate(tree, "model_probe", args, timeout)
+    if (problem := probe_failure(name, cand, op, timeout)) is not None:
+        return problem
+    return cand, _reference(started, spec, timeout, name, op)
+
+
 def check_shapes(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
     name, timeout = check.name or "shapes", _timeout(check)
     args = _args(spec, check, spec.target, ops=["grid"], grid=check.params.get("grid", DEFAULT_GRID))
-    started = _start_reference(spec, args, timeout)
-    cand = probe_candidate(tree, "model_probe", args, timeout)
-    if (problem := probe_failure(name, cand, "grid", timeout)) is not None:
-        return problem
-    ref = _reference(started, spec, timeout, name, "grid")
+    probed = _probe_both(spec, args, tree, timeout, name, "grid")
+    if isinstance(probed, CheckResult):
+        return probed
+    cand, ref = probed
     ref_grid, cand_grid = ref.result["grid"], cand.result["grid"]
     for want, got in zip(ref_grid["cases"], cand_grid["cases"], strict=True):
         case = f"input [B={want['batch']}, T={want['length']}]" + (f" with {want['pad']} left-pad tokens"
@@ -80,7 +89,7 @@ def check_shapes(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
             return CheckResult(name=name, status="fail", category="shape_mismatch",
                                summary=f"{case}: logits {got['logits']}, expected {want['logits']} [B, T, vocab]")
         if got["hidden"] and len(got["hidden"]) == len(want["hidden"]):
-            for layer, g, w in zip(ref_grid["layers"], got["hidden"], want["hidden"]):
+            for layer, g, w in zip(ref_grid["layers"], got["hidden"], want["hidden"], strict=True):
                 if g != w:
                     return CheckResult(name=name, status="fail", category="shape_mismatch",
                                        summary=f"{case}: hidden state after {layer} is {g}, expected {w}")
@@ -179,11 +188,10 @@ def check_numerics(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
     name, timeout = check.name or "numerics", _timeout(check)
     rtol, top1_min = check.params.get("rtol", DEFAULT_RTOL), check.params.get("top1", DEFAULT_TOP1)
     args = _args(spec, check, spec.target, ops=["logits"], logits_shape=check.params.get("logits_shape", [2, 12]))
-    started = _start_reference(spec, args, timeout)
-    cand = probe_candidate(tree, "model_probe", args, timeout)
-    if (problem := probe_failure(name, cand, "logits", timeout)) is not None:
-        return problem
-    ref = _reference(started, spec, timeout, name, "logits")
+    probed = _probe_both(spec, args, tree, timeout, name, "logits")
+    if isinstance(probed, CheckResult):
+        return probed
+    cand, ref = probed
     got, want = cand.tensors["logits"], ref.tensors["logits"]
     if got.shape != want.shape:
         return CheckResult(name=name, status="fail", category="shape_mismatch",
@@ -196,7 +204,7 @@ def check_numerics(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
     where = "per-layer hidden states not available (no ModuleList of decoder layers found)"
     hidden_got, hidden_want = cand.tensors["hidden"], ref.tensors["hidden"]
     if hidden_got and len(hidden_got) == len(hidden_want):
-        errors = [_relative(g, w) if g.shape == w.shape else float("inf") for g, w in zip(hidden_got, hidden_want)]
+        errors = [_relative(g, w) if g.shape == w.shape else float("inf") for g, w in zip(hidden_got, hidden_want, strict=True)]
         details["layer_rel_l2"] = [round(e, 5) for e in errors]
         first = next((i for i, e in enumerate(errors) if e > rtol), None)
         layer = ref.result["layers"][first] if first is not None else None

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import git
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -114,6 +113,3 @@ class MatrixRun:
                 live.update(self.table())
         return results
 
-
-def git_log(tree: Path, base: str) -> list[str]:
-    return git.Repo(tree).git.log("--format=%s", f"{base}..HEAD").splitlines()

@@ -97,8 +97,8 @@ def main(args: dict) -> None:
                                                      dtype=torch.bfloat16, device=device)
             candidate_args = [case[k].to(device) for k in ("x", "weight_packed", "weight_scale")]
             timings.append({"shape": [x.shape[0], w.shape[0], x.shape[1], case["group_size"]],
-                            "candidate_ms": _cuda_ms(lambda: fn(*candidate_args, case["group_size"])),
-                            "bf16_ms": _cuda_ms(lambda: torch.matmul(x, w.t()))})
+                            "candidate_ms": _cuda_ms(lambda a=candidate_args, g=case["group_size"]: fn(*a, g)),
+                            "bf16_ms": _cuda_ms(lambda x=x, w=w: torch.matmul(x, w.t()))})
         result.update(timings=timings, device_name=torch.cuda.get_device_name())
     torch.save(tensors, out / "tensors.pt")
     (out / "result.json").write_text(json.dumps(result, indent=1))
