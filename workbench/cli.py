@@ -294,5 +294,27 @@ def review(
         console.print(part)
 
 
+@app.command()
+def report(
+    html_file: Path = typer.Option(..., "--html", help="the page to write"),
+    out: Path = typer.Option(Path("transcripts"), "--out", "-o", help="the runs folder"),
+) -> None:
+    """Write one self-contained HTML page: comparison, pass rate by rounds, every attempt."""
+    from .agent.loop import attempt_folder
+    from .runs.compare import compare, load_results, mcnemar
+    from .runs.report import render_report
+
+    results, corrupt = load_results(out)
+    for bad in corrupt:
+        errors.print(f"[yellow]skipped {bad.path}: {bad.error}[/yellow]", highlight=False)
+    rows = compare(results)
+    models_seen = list(dict.fromkeys(r.model for r in rows))
+    paired = mcnemar(results, *models_seen) if len(models_seen) == 2 else None
+    attempts = [(attempt_folder(out, r.task, r.model, r.attempt), r)
+                for r in sorted(results, key=lambda r: (r.task, r.model, r.attempt))]
+    html_file.write_text(render_report(rows, attempts, paired, corrupt), encoding="utf-8")
+    console.print(f"wrote {html_file} ({len(results)} attempts)")
+
+
 if __name__ == "__main__":
     app()
