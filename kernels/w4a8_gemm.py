@@ -208,6 +208,16 @@ def _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config
     return out
 
 
+def tuned_config(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
+                 bias: torch.Tensor | None, group_size: int, out_dtype: torch.dtype) -> dict:
+    """The autotuned launch config for this problem (keyed on N, K, group, bucketed M, dtype)."""
+    (m, k), n = x_q.shape, packed_w.shape[0]
+    key = f"w4a8|N{n}|K{k}|g{group_size}|M{m_bucket(m)}|{out_dtype}"
+    return pick_config(key, candidate_configs(m_bucket(m), n, k, group_size, x_q.device),
+                       lambda cfg: _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, cfg),
+                       x_q.device)
+
+
 def _check(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, group_size: int,
            bias: torch.Tensor | None) -> None:
     if x.dim() != 2:
@@ -240,7 +250,7 @@ def w4a8_gemm(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, gr
     config: launch config for tests and benchmarks; autotuned when None.
     """
     _check(x, packed_w, w_scale, group_size, bias)
-    m, k = x.shape
+    m = x.shape[0]
     n = packed_w.shape[0]
     if x.dtype == torch.int8:
         if x_scale is None:
@@ -251,14 +261,9 @@ def w4a8_gemm(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, gr
         out_dtype = out_dtype or x.dtype
     if m == 0:
         return torch.empty((0, n), dtype=out_dtype, device=x.device)
-
-    def launch(cfg: dict) -> torch.Tensor:
-        return _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, cfg)
-
     if config is None:
-        key = f"w4a8|N{n}|K{k}|g{group_size}|M{m_bucket(m)}|{out_dtype}"
-        config = pick_config(key, candidate_configs(m_bucket(m), n, k, group_size, x.device), launch, x.device)
-    return launch(config)
+        config = tuned_config(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype)
+    return _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config)
 
 
 class DecodePlan:
@@ -327,9 +332,6 @@ def decode_plan(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, 
     if not (0 < m <= DECODE_MAX_M) or x.dtype == torch.int8:
         raise ValueError(f"decode_plan takes float x [M <= {DECODE_MAX_M}, K], got {x.dtype} {tuple(x.shape)}")
     _check(x, packed_w, w_scale, group_size, bias)
-    n = packed_w.shape[0]
     x_q, x_scale = per_token_quant_int8(x)
-    key = f"w4a8|N{n}|K{k}|g{group_size}|M{m_bucket(m)}|{x.dtype}"
-    config = pick_config(key, candidate_configs(m_bucket(m), n, k, group_size, x.device),
-                         lambda cfg: _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, x.dtype, cfg), x.device)
+    config = tuned_config(x_q, x_scale, packed_w, w_scale, bias, group_size, x.dtype)
     return DecodePlan(m, k, x.dtype, packed_w, w_scale, bias, group_size, config)
