@@ -119,7 +119,7 @@ def check(
     import json
 
     from .checks.runner import run_checks
-    from .checks.validate import accepted
+    from .checks.result import accepted
     from .tasks import create_workspace
 
     spec = _load_or_exit(task)
@@ -164,7 +164,7 @@ def validate(
                       + ("[green]valid[/]" if result.ok else "[red]NOT valid[/]"), title_justify="left")
         for b, g in zip(result.base, result.gold, strict=True):
             table.add_row(g.name, _status(b), _status(g), f"{g.seconds:.1f}",
-                          g.summary if g.status in ("pass", "skip") else f"[red]{g.summary}[/]")
+                          g.summary if g.accepted else f"[red]{g.summary}[/]")
         console.print(table)
         if not result.ok:
             failed.append(spec.id)
@@ -227,7 +227,7 @@ def run(
                     title="summary", title_justify="left")
     for r in results:
         colour = "green" if r.status == "passed" else "red"
-        summary.add_row(r.task, r.model + (" (scripted)" if r.scripted else ""), str(r.attempt),
+        summary.add_row(r.task, r.label, str(r.attempt),
                         f"[{colour}]{r.status}[/]", str(r.rounds), str(r.turns),
                         f"{r.prompt_tokens + r.completion_tokens:,}", f"{r.cost_usd:.4f}", f"{r.wall_s:.0f}", r.branch)
     console.print(summary)

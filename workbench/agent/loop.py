@@ -16,11 +16,12 @@ from pathlib import Path
 
 import git
 
+from ..checks.result import accepted
 from ..checks.runner import run_checks
 from ..checks.static import DEFAULT_PROTECTED
 from ..runs.record import AttemptRecord, AttemptResult
 from ..tasks.spec import TaskSpec
-from ..tasks.workspace import Attempt, Workspace, GIT_IDENTITY
+from ..tasks.workspace import Attempt, Workspace
 from .llm import BudgetExceeded, InfrastructureError, LLMClient, shorten_old_tool_outputs
 from .registry import ModelEntry
 from .tools import TOOL_SPECS, Toolbox, ToolError, clip, tool_message
@@ -40,12 +41,11 @@ turns, {rounds} check rounds. Every turn that changes files is committed for you
 
 def check_report(results: list) -> str:
     """What the model reads after a check round: one line per check, details of the failures."""
-    lines = ["all checks pass" if all(r.status in ("pass", "skip") for r in results) else "some checks FAIL"]
+    lines = ["all checks pass" if accepted(results) else "some checks FAIL"]
     for r in results:
-        mark = {"pass": "pass", "skip": "skip"}.get(r.status, r.status.upper())
-        category = f" [{r.category}]" if r.status not in ("pass", "skip") else ""
-        lines.append(f"- {r.name}: {mark}{category} ({r.seconds:.0f} s) {r.summary}")
-        if r.status not in ("pass", "skip") and r.details:
+        mark = r.status if r.accepted else f"{r.status.upper()} [{r.category}]"
+        lines.append(f"- {r.name}: {mark} ({r.seconds:.0f} s) {r.summary}")
+        if not r.accepted and r.details:
             lines.append(clip("  details: " + json.dumps(r.details, default=str), 2500))
     return "\n".join(lines)
 
@@ -185,9 +185,9 @@ class AttemptLoop:
         self.result.check_rounds.append(dumped)
         self.record.write_round(self.result.rounds, dumped)
         self.record.event("check_round", round=self.result.rounds, commit=state, results=dumped)
-        passed = all(r.status in ("pass", "skip") for r in results)
+        passed = accepted(results)
         self.last_checked = (state, passed)
-        failing = [r for r in results if r.status not in ("pass", "skip")]
+        failing = [r for r in results if not r.accepted]
         self.result.failure_class = failing[0].category if failing else None
         self.on_update(self.result, "checks pass" if passed else f"{failing[0].name}: {failing[0].category}")
         if passed:
@@ -195,13 +195,10 @@ class AttemptLoop:
         return check_report(results)
 
     def commit(self, message: str) -> bool:
-        if not self.repo.is_dirty(untracked_files=True):
-            return False
-        self.repo.git.add(A=True)
-        with self.repo.git.custom_environment(**GIT_IDENTITY):
-            self.repo.git.commit(m=message, no_verify=True)
-        self.record.event("commit", sha=self.repo.head.commit.hexsha, message=message)
-        return True
+        sha = self.ws.commit_all(self.attempt.path, message)
+        if sha is not None:
+            self.record.event("commit", sha=sha, message=message)
+        return sha is not None
 
     def end(self, status: str, reason: str, failure_class: str | None = None) -> None:
         self.result.status, self.result.reason = status, reason

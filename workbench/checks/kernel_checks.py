@@ -14,7 +14,7 @@ import torch
 
 from ..tasks.fixtures import check_seed
 from ..tasks.spec import CheckSpec, TaskSpec
-from .probing import probe_candidate, probe_failure, probe_reference
+from .probing import probe_candidate, probe_failure, probe_reference, require_reference
 from .result import CheckResult
 
 # (M, N, K, group): a decode row, an odd M per channel, M > one tile; small enough for the
@@ -29,11 +29,9 @@ DEFAULT_RTOL = 1e-2
 def _inputs(spec: TaskSpec, cases: list, timeout_s: float) -> Path:
     args = {"packing": f"{spec.reference}.packing", "reference": f"{spec.reference}.reference",
             "seed": check_seed(), "cases": cases}
-    ref = probe_reference(spec.repo_root, "kernel_reference", args, timeout_s)
-    problem = probe_failure("kernel inputs", ref, "inputs", timeout_s, who=f"the reference {spec.reference}")
-    if problem is not None or ref.folder is None:
-        raise RuntimeError(f"cannot make the kernel inputs: {problem.summary if problem else 'no output'}")
-    return ref.folder
+    ref = require_reference(probe_reference(spec.repo_root, "kernel_reference", args, timeout_s), "inputs",
+                            timeout_s, spec.reference)
+    return ref.folder  # set: a reference run that succeeded is kept in the cache
 
 
 def _candidate_args(spec: TaskSpec, check: CheckSpec, folder: Path, ops: list[str]) -> dict:

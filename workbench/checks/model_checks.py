@@ -11,7 +11,8 @@ import torch
 
 from ..tasks.fixtures import check_seed, fixture_checkpoint
 from ..tasks.spec import CheckSpec, TaskSpec
-from .probing import ProbeRun, exception_message, probe_candidate, probe_failure, probe_reference
+from .probing import (ProbeRun, exception_message, probe_candidate, probe_failure, probe_reference,
+                      require_reference)
 from .result import CheckResult
 
 # Shape cases (batch, length, left padding of row 0): a decode-like T=1, an odd T, a batch, and
@@ -52,12 +53,8 @@ def _start_reference(spec: TaskSpec, args: dict, timeout_s: float) -> Future:
     return _POOL.submit(probe_reference, spec.repo_root, "model_probe", {**args, "module": spec.reference}, timeout_s)
 
 
-def _reference(started: Future, spec: TaskSpec, timeout_s: float, name: str, op: str) -> ProbeRun:
-    ref = started.result()
-    problem = probe_failure(name, ref, op, timeout_s, who=f"the reference {spec.reference}")
-    if problem is not None:  # the harness's fault, not the port's
-        raise RuntimeError(f"{problem.summary}\n{problem.details}")
-    return ref
+def _reference(started: Future, spec: TaskSpec, timeout_s: float, op: str) -> ProbeRun:
+    return require_reference(started.result(), op, timeout_s, spec.reference)
 
 
 def _probe_both(spec: TaskSpec, args: dict, tree: Path, timeout: float, name: str,
@@ -67,7 +64,7 @@ def _probe_both(spec: TaskSpec, args: dict, tree: Path, timeout: float, name: st
     cand = probe_candidate(tree, "model_probe", args, timeout)
     if (problem := probe_failure(name, cand, op, timeout)) is not None:
         return problem
-    return cand, _reference(started, spec, timeout, name, op)
+    return cand, _reference(started, spec, timeout, op)
 
 
 def check_shapes(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
@@ -163,7 +160,7 @@ def check_deterministic_output(spec: TaskSpec, check: CheckSpec, tree: Path) -> 
     if not torch.equal(first[:1], alone):
         return CheckResult(**fail, summary="a prompt generates different tokens alone than as row 0 of a batch",
                            details={"batched": first[:1].tolist(), "alone": alone.tolist()})
-    ref = _reference(started, spec, timeout, name, "margins").tensors
+    ref = _reference(started, spec, timeout, "margins").tensors
     tie = check.params.get("tie_fraction", 0.05) * float(ref["logit_std"])
     prompt_len = args["prompts_shape"][1]
     for row in range(first.shape[0]):

@@ -117,3 +117,12 @@ def exception_message(traceback_text: str, lines: int = 3) -> str:
     start = max((i for i, line in enumerate(text) if re.match(r"[\w.]+(Error|Exception|Interrupt)\b", line)),
                 default=len(text) - 1)
     return " | ".join(line.strip() for line in text[start:start + lines])
+
+
+def require_reference(run: ProbeRun, op: str, timeout_s: float, reference: str) -> ProbeRun:
+    """`run` when the reference's probe got through `op`; otherwise the harness is at fault, not
+    the port: raised, so that the runner reports the check as `error`."""
+    problem = probe_failure("reference", run, op, timeout_s, who=f"the reference {reference}")
+    if problem is not None:
+        raise RuntimeError(f"{problem.summary}\n{problem.details}")
+    return run

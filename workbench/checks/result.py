@@ -8,6 +8,7 @@ Status = Literal["pass", "fail", "error", "skip", "flaky"]
 CATEGORIES = ("shape_mismatch", "missing_weights", "unused_weights", "nondeterministic", "diverges_from_reference",
               "import_error", "timeout", "crash", "forbidden_import", "forbidden_op", "tampering", "command_failed",
               "memory_limit", "too_slow", "infrastructure", "none")
+ACCEPTED = ("pass", "skip")  # a skipped check (kernel_perf without a GPU) blocks nothing
 
 
 class CheckResult(BaseModel):
@@ -21,6 +22,15 @@ class CheckResult(BaseModel):
     @property
     def passed(self) -> bool:
         return self.status == "pass"
+
+    @property
+    def accepted(self) -> bool:
+        return self.status in ACCEPTED
+
+
+def accepted(results: list[CheckResult]) -> bool:
+    """Every check passed or was skipped: what ends an attempt, validates a gold, exits 0."""
+    return all(r.accepted for r in results)
 
 
 def settle_flaky(first: CheckResult, rerun: CheckResult) -> CheckResult:

@@ -70,12 +70,11 @@ class Row:
 def _row(model: str, task: str, results: list[AttemptResult], per_task: dict[str, list[AttemptResult]]) -> Row:
     valid = [r for r in results if r.status != INFRA]
     wins = [r for r in valid if r.status == "passed"]
-    n_min = min((len([r for r in rs if r.status != INFRA]) for rs in per_task.values()), default=0)
-    k = max(1, n_min)
-    rates_1 = [pass_at_k(len(v), sum(r.status == "passed" for r in v), 1) for v in
-               ([r for r in rs if r.status != INFRA] for rs in per_task.values()) if v]
-    rates_k = [pass_at_k(len(v), sum(r.status == "passed" for r in v), k) for v in
-               ([r for r in rs if r.status != INFRA] for rs in per_task.values()) if v]
+    counts = [(len(v), sum(r.status == "passed" for r in v)) for v in
+              ([r for r in rs if r.status != INFRA] for rs in per_task.values())]
+    k = max(1, min((n for n, _ in counts), default=0))
+    rates_1 = [pass_at_k(n, c, 1) for n, c in counts if n]
+    rates_k = [pass_at_k(n, c, k) for n, c in counts if n]
     return Row(
         model=model, task=task, scripted=any(r.scripted for r in results), attempts=len(results),
         infra=len(results) - len(valid), passed=len(wins),

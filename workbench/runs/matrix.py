@@ -54,10 +54,9 @@ class MatrixRun:
         return table
 
     def update(self, result: AttemptResult, note: str) -> None:
-        label = f"{result.model} (scripted)" if result.scripted else result.model
         tokens = result.prompt_tokens + result.completion_tokens
         self.rows[(result.task, result.model, result.attempt)] = dict(
-            task=result.task, model=label, n=result.attempt, status=result.status, turns=result.turns,
+            task=result.task, model=result.label, n=result.attempt, status=result.status, turns=result.turns,
             rounds=result.rounds, tokens=tokens, cost=f"{result.cost_usd:.4f}", last=note[:60])
 
     def run_one(self, job: Job) -> AttemptResult:
@@ -94,9 +93,8 @@ class MatrixRun:
 
     def run(self, jobs_in_parallel: int) -> list[AttemptResult]:
         for job in self.jobs:
-            self.rows[(job.spec.id, job.entry.name, job.n)] = dict(
-                task=job.spec.id, model=job.entry.name + (" (scripted)" if job.entry.scripted else ""), n=job.n,
-                status="queued", turns=0, rounds=0, tokens=0, cost="0", last="")
+            self.update(AttemptResult(task=job.spec.id, model=job.entry.name, attempt=job.n,
+                                      scripted=job.entry.scripted, status="queued"), "")
         with Live(self.table(), console=self.console, refresh_per_second=2, transient=False) as live:
             stop = threading.Event()
 

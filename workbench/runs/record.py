@@ -21,7 +21,9 @@ from pydantic import BaseModel, Field
 
 from ..checks.sandbox import SECRET_NAME
 
-Status = str  # "passed" | "failed" | "budget_exhausted" | "infrastructure_error" | "interrupted" | "running"
+def model_label(model: str, scripted: bool) -> str:
+    """How a model is named in every table: scripted ones say so."""
+    return f"{model} (scripted)" if scripted else model
 
 
 class AttemptResult(BaseModel):
@@ -29,7 +31,7 @@ class AttemptResult(BaseModel):
     model: str
     attempt: int
     scripted: bool = False
-    status: str = "running"
+    status: str = "running"  # passed, failed, budget_exhausted, infrastructure_error, interrupted
     failure_class: str | None = None
     reason: str = ""
     rounds: int = 0
@@ -42,6 +44,10 @@ class AttemptResult(BaseModel):
     base: str = ""
     head: str = ""
     check_rounds: list[list[dict[str, Any]]] = Field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return model_label(self.model, self.scripted)
 
 
 def _secret_values() -> list[str]:
@@ -65,9 +71,6 @@ class AttemptRecord:
         self._log.write(line + "\n")
         self._log.flush()
         os.fsync(self._log.fileno())
-
-    def events(self) -> list[dict]:
-        return read_events(self.folder)
 
     def write_round(self, index: int, results: list[dict]) -> None:
         self._atomic(self.folder / "checks" / f"round-{index}.json", json.dumps(results, indent=1))

@@ -5,6 +5,7 @@ model, and for each attempt its check rounds, patch and condensed transcript."""
 import html
 from pathlib import Path
 
+from ..checks.result import ACCEPTED
 from .compare import Corrupt, Paired, Row
 from .record import AttemptResult, read_events
 from .views import COLUMNS, _cells
@@ -66,7 +67,6 @@ def _diff(patch: str) -> str:
 
 
 def attempt_section(folder: Path, result: AttemptResult) -> str:
-    label = result.model + (" (scripted)" if result.scripted else "")
     rows = "".join(f"<tr><td>{i}</td><td>{_esc(c['name'])}</td><td class='{_esc(c['status'])}'>{_esc(c['status'])}</td>"
                    f"<td>{_esc(c['category'] if c['status'] != 'pass' else '')}</td><td>{_esc(c['summary'])}</td></tr>"
                    for i, checks in enumerate(result.check_rounds, 1) for c in checks)
@@ -77,10 +77,10 @@ def attempt_section(folder: Path, result: AttemptResult) -> str:
             calls = ", ".join(c["function"]["name"] for c in m.get("tool_calls") or [])
             transcript.append(f"assistant: {m.get('content') or ''}" + (f"  -> {calls}" if calls else ""))
         elif event["kind"] == "check_round":
-            failing = [c["name"] for c in event["results"] if c["status"] not in ("pass", "skip")]
+            failing = [c["name"] for c in event["results"] if c["status"] not in ACCEPTED]
             transcript.append(f"checks round {event['round']}: " + (f"FAIL {', '.join(failing)}" if failing else "all pass"))
     patch = (folder / "patch.diff").read_text() if (folder / "patch.diff").exists() else ""
-    return (f"<h3 id='{_esc(result.task)}-{_esc(result.model)}-{result.attempt}'>{_esc(result.task)} / {_esc(label)} / "
+    return (f"<h3 id='{_esc(result.task)}-{_esc(result.model)}-{result.attempt}'>{_esc(result.task)} / {_esc(result.label)} / "
             f"attempt {result.attempt}: <span class='{'pass' if result.status == 'passed' else 'fail'}'>"
             f"{_esc(result.status)}</span></h3><p>{_esc(result.reason)}; rounds {result.rounds}, turns {result.turns}, "
             f"cost ${result.cost_usd:.4f}, branch <code>{_esc(result.branch)}</code></p>"

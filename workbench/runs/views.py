@@ -11,8 +11,9 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from ..checks.result import ACCEPTED
 from .compare import Paired, Row
-from .record import AttemptResult, read_events
+from .record import AttemptResult, model_label, read_events
 
 COLUMNS = ("model", "task", "attempts", "infra", "passed", "pass@1", "pass@k", "<=1 round", "<=2 rounds",
            "<=3 rounds", "median rounds", "median turns", "tokens", "cost/success $", "wall s", "failures")
@@ -22,7 +23,7 @@ def _cells(row: Row) -> list[str]:
     def num(value, fmt):
         return "-" if value is None else format(value, fmt)
 
-    return [row.model + (" (scripted)" if row.scripted else ""), row.task, str(row.attempts), str(row.infra),
+    return [model_label(row.model, row.scripted), row.task, str(row.attempts), str(row.infra),
             str(row.passed), f"{row.pass_at_1:.2f}", f"{row.pass_at_k:.2f} (k={row.k})",
             *(f"{row.within_rounds[i]:.2f}" for i in (1, 2, 3)), num(row.median_rounds, "g"),
             num(row.median_turns, "g"), f"{row.tokens:,}", num(row.cost_per_success, ".4f"), f"{row.wall_s:.0f}",
@@ -64,8 +65,7 @@ def render_rows(rows: list[Row], fmt: str, paired: Paired | None = None):
 
 def review(folder: Path, result: AttemptResult, full: bool = False) -> list:
     """Renderables for one attempt: summary, check rounds, patch, transcript."""
-    label = f"{result.model} (scripted)" if result.scripted else result.model
-    summary = (f"[bold]{result.task}[/] / {label} / attempt {result.attempt}: [bold]{result.status}[/] - {result.reason}\n"
+    summary = (f"[bold]{result.task}[/] / {result.label} / attempt {result.attempt}: [bold]{result.status}[/] - {result.reason}\n"
                f"rounds {result.rounds}, turns {result.turns}, tokens {result.prompt_tokens + result.completion_tokens:,}"
                f", cost ${result.cost_usd:.4f}, wall {result.wall_s:.0f} s\nbranch {result.branch} "
                f"(base {result.base[:10]}, head {result.head[:10]})")
@@ -81,7 +81,7 @@ def review(folder: Path, result: AttemptResult, full: bool = False) -> list:
                        title_justify="left", show_lines=full)
     for i, event in enumerate(read_events(folder)):
         if event["kind"] == "check_round":
-            failing = [c["name"] for c in event["results"] if c["status"] not in ("pass", "skip")]
+            failing = [c["name"] for c in event["results"] if c["status"] not in ACCEPTED]
             transcript.add_row(str(i), "checks", f"round {event['round']}: " +
                                (f"FAIL {', '.join(failing)}" if failing else "all pass"))
         elif event["kind"] == "message":

@@ -21,7 +21,7 @@ from .sources import materialize
 from .spec import TaskSpec
 
 BASE_TAG = "base"
-GIT_IDENTITY = {"GIT_AUTHOR_NAME": "workbench", "GIT_AUTHOR_EMAIL": "workbench@localhost",
+_IDENTITY = {"GIT_AUTHOR_NAME": "workbench", "GIT_AUTHOR_EMAIL": "workbench@localhost",
              "GIT_COMMITTER_NAME": "workbench", "GIT_COMMITTER_EMAIL": "workbench@localhost",
              "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000"}
 IGNORED = "__pycache__/\n*.pyc\n.pytest_cache/\n"
@@ -76,12 +76,15 @@ class Workspace:
             self.repo.git.worktree("remove", "--force", str(path))
             shutil.rmtree(path.parent, ignore_errors=True)
 
-    def commit_all(self, tree: Path, message: str) -> str:
-        """Commit every change in `tree` (a worktree of this workspace) and return the commit."""
+    def commit_all(self, tree: Path, message: str) -> str | None:
+        """Commit every change in `tree` (a worktree of this workspace); the commit, or None when
+        there was nothing to commit."""
         repo = git.Repo(tree)
+        if not repo.is_dirty(untracked_files=True):
+            return None
         repo.git.add(A=True)
-        with repo.git.custom_environment(**GIT_IDENTITY):
-            repo.git.commit(m=message, no_verify=True, allow_empty=True)
+        with repo.git.custom_environment(**_IDENTITY):
+            repo.git.commit(m=message, no_verify=True)
         return repo.head.commit.hexsha
 
 
@@ -110,7 +113,7 @@ def create_workspace(spec: TaskSpec, root: str | Path = "workspaces", cache: Pat
         (staging / ".gitignore").write_text(IGNORED)
         repo = git.Repo.init(staging, initial_branch="main")
         repo.git.add(A=True)
-        with repo.git.custom_environment(**GIT_IDENTITY):
+        with repo.git.custom_environment(**_IDENTITY):
             repo.git.commit(m=f"base: sources of task {spec.id}", no_verify=True)
         repo.create_tag(BASE_TAG)
         staging.rename(path)
