@@ -12,5 +12,6 @@ from .common import generate, load_family
 __all__ = ["load_model", "generate"]
 
 
-def load_model(model_dir: str, device: str = "cpu", use_triton: bool = True, dtype: torch.dtype = torch.bfloat16):
-    return load_family(model_dir, Ernie4_5ForCausalLM, "ernie4_5", device, use_triton, dtype)
+def load_model(model_dir: str, device: str = "cpu", use_triton: bool = True, dtype: torch.dtype = torch.bfloat16,
+               fuse: bool | None = None):
+    return load_family(model_dir, Ernie4_5ForCausalLM, "ernie4_5", device, use_triton, dtype, fuse=fuse)

@@ -17,6 +17,7 @@ KEEP_FP32 = ("mlp.gate.weight", "e_score_correction_bias")
 RENAMES = (("mlp.moe_statics.", "mlp.gate.moe_statics."),)  # checkpoint key -> transformers module path
 
 
-def load_model(model_dir: str, device: str = "cpu", use_triton: bool = True, dtype: torch.dtype = torch.bfloat16):
+def load_model(model_dir: str, device: str = "cpu", use_triton: bool = True, dtype: torch.dtype = torch.bfloat16,
+               fuse: bool | None = None):
     return load_family(model_dir, Ernie4_5_MoeForCausalLM, "ernie4_5_moe", device, use_triton, dtype, KEEP_FP32,
-                       RENAMES)
+                       RENAMES, fuse=fuse)

@@ -1,11 +1,13 @@
 """Run a W4A8 checkpoint: chat template, streamed output, timing.
 
     python -m adapters.infer --model-dir DIR --prompt "..." [--system "..."] \
-        [--max-new-tokens 500] [--use-triton|--no-triton] [--device cuda]
+        [--max-new-tokens 500] [--use-triton|--no-triton] [--device cuda] [--no-cuda-graph]
 
 The family adapter is picked from config.json's model_type. The chat template is applied when
 the tokenizer has one; tokens are streamed as they are decoded; load time, prefill and decode
 time and decode tokens/s are printed at the end (to stderr, so stdout holds only the text).
+On CUDA, decoding uses a static KV cache and CUDA-graph decode steps (static_decode.py) and the
+W4A8 layers are fused (fusion.py); --no-cuda-graph runs HF `generate` instead.
 """
 
 import argparse
@@ -19,6 +21,7 @@ import torch
 from transformers import AutoTokenizer, TextStreamer
 
 from .loader import synchronize
+from .static_decode import static_generate
 
 ADAPTERS = {"qwen3": "adapters.qwen3", "qwen3_moe": "adapters.qwen3_moe", "ernie4_5": "adapters.ernie4_5",
             "ernie4_5_moe": "adapters.ernie4_5_moe"}
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="run the Triton W4A8 kernels (default)")
     parser.add_argument("--no-triton", dest="use_triton", action="store_false", help="run the torch path")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                        help="decode with HF generate (dynamic cache, eager) instead of CUDA graphs")
     args = parser.parse_args(argv)
 
     adapter = adapter_for(args.model_dir)
@@ -62,10 +67,16 @@ def main(argv: list[str] | None = None) -> None:
 
     streamer = _TimedStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     t1 = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                             max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             streamer=streamer)
+    if args.cuda_graph and torch.device(args.device).type == "cuda":
+        streamer.put(input_ids.cpu())
+        out = static_generate(model, input_ids, args.max_new_tokens, eos_token_id=model.generation_config.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id or 0, on_token=streamer.put)
+        streamer.end()
+    else:
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                                 max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 streamer=streamer)
     synchronize(args.device)
     t_end = time.perf_counter()
     new = out.shape[1] - input_ids.shape[1]

@@ -7,10 +7,15 @@ W4A8 MLPs, so its state dict keys are the checkpoint's, and its forward has the 
 signature `(hidden_states [T, H], top_k_index [T, k], top_k_weights [T, k]) -> [T, H]`; the
 router (kept exact, in HF's module) has already chosen the experts.
 
-Tokens are sorted by expert and each expert runs once on all of its tokens (a loop over the
-experts that received tokens, at most E launches, not one per token). The k expert outputs of
-a token are summed in a fixed order, so repeated identical requests give identical bits
-(`index_add_` on CUDA uses atomics, whose order varies).
+Two ways to run them, the same values:
+- grouped (after `stack()`, which fusion.py calls for W4A8 experts on the Triton path): the
+  experts' buffers become views of stacked [E, ...] tensors and all experts run in two launches
+  of `kernels.w4a8_moe` (gate/up, down) with `silu_mul_quant` between, no host sync (so a
+  decode step can be captured in a CUDA graph);
+- loop: tokens sorted by expert and each expert run once on all of its tokens (at most E
+  launches, not one per token); needs the per-expert counts on the host.
+The k expert outputs of a token are summed in a fixed order, so repeated identical requests
+give identical bits (`index_add_` on CUDA uses atomics, whose order varies).
 """
 
 from typing import Callable
@@ -18,6 +23,12 @@ from typing import Callable
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
+
+from kernels.autotune import interpreting
+from kernels.act_quant import per_token_quant_int8
+from kernels.fused_act import silu_mul_quant
+from kernels.linear import W4A8Linear
+from kernels.w4a8_moe import route_by_expert, w4a8_moe_gemm
 
 
 class ExpertMLP(nn.Module):
@@ -35,11 +46,51 @@ class W4A8Experts(nn.ModuleList):
     def __init__(self, num_experts: int, hidden: int, intermediate: int, hidden_act: str,
                  make_linear: Callable[[int, int], nn.Module]):
         super().__init__(ExpertMLP(hidden, intermediate, make_linear) for _ in range(num_experts))
-        self.act_fn = ACT2FN[hidden_act]
+        # a plain attribute, not a submodule: the list's items are the experts alone
+        object.__setattr__(self, "act_fn", ACT2FN[hidden_act])
+        self.hidden_act = hidden_act
+        self.stacked: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def stack(self) -> bool:
+        """Move every expert's W4A8 buffers into stacked tensors (the per-expert buffers become
+        views of them: same memory, same state dict) and run grouped from now on. Returns False,
+        changing nothing, when the experts are not W4A8 on the Triton path without zero points."""
+        layers = [m for e in self for m in (e.gate_proj, e.up_proj, e.down_proj)]
+        if not all(isinstance(m, W4A8Linear) and m.use_triton and m.zeros is None and m.bias is None
+                   for m in layers) or self.hidden_act != "silu":
+            return False
+        if self.stacked is None:
+            inter = self[0].gate_proj.out_features
+            w13 = torch.stack([torch.cat([e.gate_proj.qweight, e.up_proj.qweight]) for e in self])
+            s13 = torch.stack([torch.cat([e.gate_proj.scales, e.up_proj.scales], dim=1) for e in self])
+            w2 = torch.stack([e.down_proj.qweight for e in self])
+            s2 = torch.stack([e.down_proj.scales for e in self])
+            for i, e in enumerate(self):
+                e.gate_proj.qweight, e.up_proj.qweight = w13[i, :inter], w13[i, inter:]
+                e.gate_proj.scales, e.up_proj.scales = s13[i, :, :inter], s13[i, :, inter:]
+                e.down_proj.qweight, e.down_proj.scales = w2[i], s2[i]
+            self.stacked = {"w13": w13, "s13": s13, "w2": w2, "s2": s2}
+        return True
+
+    def _grouped(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor) -> torch.Tensor:
+        """[T*k, H] expert outputs in (token, slot) order, unweighted, in two grouped launches."""
+        st, top_k = self.stacked, top_k_index.shape[1]
+        routing = route_by_expert(top_k_index, len(self))
+        group = self[0].gate_proj.group_size
+        x_q, x_scale = per_token_quant_int8(hidden_states)
+        h = w4a8_moe_gemm(x_q, x_scale, st["w13"], st["s13"], routing, group, top_k, hidden_states.dtype)
+        a_q, a_scale = silu_mul_quant(h)
+        return w4a8_moe_gemm(a_q, a_scale, st["w2"], st["s2"], routing, self[0].down_proj.group_size, 1,
+                             hidden_states.dtype)
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
         n_tokens, top_k = top_k_index.shape
+        if self.stacked is not None and (hidden_states.is_cuda or interpreting()):
+            y = self._grouped(hidden_states, top_k_index)
+            y = y * top_k_weights.reshape(-1, 1).to(y.dtype)
+            return y.reshape(n_tokens, top_k, -1).sum(dim=1)
         flat = top_k_index.reshape(-1)  # [T*k] expert of each (token, slot)
         order = torch.argsort(flat, stable=True)  # slots grouped by expert
         counts = torch.bincount(flat, minlength=len(self)).tolist()

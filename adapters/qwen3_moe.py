@@ -13,5 +13,6 @@ from .common import generate, load_family
 __all__ = ["load_model", "generate"]
 
 
-def load_model(model_dir: str, device: str = "cpu", use_triton: bool = True, dtype: torch.dtype = torch.bfloat16):
-    return load_family(model_dir, Qwen3MoeForCausalLM, "qwen3_moe", device, use_triton, dtype)
+def load_model(model_dir: str, device: str = "cpu", use_triton: bool = True, dtype: torch.dtype = torch.bfloat16,
+               fuse: bool | None = None):
+    return load_family(model_dir, Qwen3MoeForCausalLM, "qwen3_moe", device, use_triton, dtype, fuse=fuse)

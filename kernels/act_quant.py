@@ -24,6 +24,18 @@ def round_half_even(x):
 
 
 @triton.jit
+def quantize_rows(x):
+    """x fp32 [BLOCK_M, BLOCK_K] (masked entries 0) -> (int8 values, fp32 scale per row)."""
+    # div_rn: IEEE division as torch does it; Triton's default `/` is approximate (div.full),
+    # which flipped 2 of 2688 x_q roundings against the reference on an H100.
+    scale = tl.math.div_rn(tl.max(tl.abs(x), axis=1), 127.0)  # [BLOCK_M]
+    safe = tl.where(scale > 0.0, scale, 1.0)
+    q = round_half_even(tl.math.div_rn(x, safe[:, None]))
+    q = tl.minimum(tl.maximum(q, -128.0), 127.0)
+    return q.to(tl.int8), scale
+
+
+@triton.jit
 def _per_token_quant_int8_kernel(
     # pointers
     x_ptr, xq_ptr, scale_ptr,
@@ -38,14 +50,8 @@ def _per_token_quant_int8_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
     x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask, other=0.0)
-    x = x.to(tl.float32)
-    # div_rn: IEEE division as torch does it; Triton's default `/` is approximate (div.full),
-    # which flipped 2 of 2688 x_q roundings against the reference on an H100.
-    scale = tl.math.div_rn(tl.max(tl.abs(x), axis=1), 127.0)  # [BLOCK_M]
-    safe = tl.where(scale > 0.0, scale, 1.0)
-    q = round_half_even(tl.math.div_rn(x, safe[:, None]))
-    q = tl.minimum(tl.maximum(q, -128.0), 127.0)
-    tl.store(xq_ptr + offs_m[:, None] * stride_qm + offs_k[None, :] * stride_qk, q.to(tl.int8), mask=mask)
+    q, scale = quantize_rows(x.to(tl.float32))
+    tl.store(xq_ptr + offs_m[:, None] * stride_qm + offs_k[None, :] * stride_qk, q, mask=mask)
     tl.store(scale_ptr + offs_m, scale, mask=offs_m < M)
 
 

@@ -23,6 +23,10 @@ from .w4a8_gemm import DECODE_MAX_M, decode_plan, w4a8_gemm
 from .w8a8_gemm import w8a8_gemm
 
 PACKED_FORMATS = ("kernel", "awq", "compressed-tensors")
+# Attribute a fused producer (adapters/fusion.py: RMSNorm + quantization) sets on its output
+# tensor: (x_q int8 [M, K], x_scale fp32 [M, 1]) of that same tensor, so the next W4A8Linear
+# skips its own quantization pass.
+INT8_ATTR = "_w4a8_int8"
 
 
 def check_linear_shape(in_features: int, out_features: int, group_size: int) -> None:
@@ -137,36 +141,54 @@ class W4A8Linear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"W4A8Linear expects in_features={self.in_features}, got input {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)
+        quantized = getattr(x, INT8_ATTR, None)
         if not self._triton_runs_here(x):
             y = w4a8_linear_torch(x2, self.qweight, self.scales, self.in_features, self.bias, self.zeros)
-        elif self.zeros is None:
-            y = self._triton_forward(x2)
+        elif quantized is not None:  # a fused producer already quantized x (kernels/fused_act.py)
+            y = self.forward_int8(*quantized, x.dtype)
+        elif self.zeros is None and 0 < x2.shape[0] <= DECODE_MAX_M and x2.dtype.is_floating_point:
+            plan = self._plan(x2.shape[0], x2.dtype, lambda: x2)
+            y = plan(x2, self.qweight, self.scales, self.bias) if plan.accepts(x2) else self._gemm(x2, None, x.dtype)
         else:
-            x_q, x_scale = per_token_quant_int8(x2)
-            y = w4a8_gemm(x_q, self.qweight, self.scales, self.group_size, x_scale=x_scale, out_dtype=torch.float32)
-            group_sums = x_q.to(torch.float32).reshape(x_q.shape[0], self.zeros.shape[0], -1).sum(-1)  # [M, G]
-            y = y - x_scale * (group_sums @ self.zeros)
-            y = (y + self.bias.to(torch.float32) if self.bias is not None else y).to(x.dtype)
+            y = self._gemm(*per_token_quant_int8(x2), x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def _triton_forward(self, x2: torch.Tensor) -> torch.Tensor:
-        """The Triton path without zero points. Decode-sized M (<= DECODE_MAX_M) runs through a
-        per-layer `DecodePlan`: checks, config lookup and Triton's argument binding are done once
-        per (M, dtype), not on every call (they cost more CPU than the GEMM takes GPU)."""
-        m = x2.shape[0]
-        if not 0 < m <= DECODE_MAX_M or not x2.dtype.is_floating_point:
-            return w4a8_gemm(x2, self.qweight, self.scales, self.group_size, self.bias)
-        plan = self._plans.get((m, x2.dtype))
+    def forward_int8(self, x_q: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """y [M, N] out_dtype for an input already quantized per token: x_q int8 [M, K], x_scale [M, 1]."""
+        if not self._triton_runs_here(x_q):
+            return w4a8_linear_torch(x_q.to(torch.float32) * x_scale, self.qweight, self.scales, self.in_features,
+                                     self.bias, self.zeros).to(out_dtype)
+        m = x_q.shape[0]
+        if self.zeros is None and 0 < m <= DECODE_MAX_M and x_q.is_contiguous() and x_q.data_ptr() % 16 == 0:
+            plan = self._plan(m, out_dtype, lambda: (x_q.to(torch.float32) * x_scale).to(out_dtype))
+            return plan.quantized(x_q, x_scale, self.qweight, self.scales, self.bias)
+        return self._gemm(x_q, x_scale, out_dtype)
+
+    def _gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+        """The general Triton path (any M, zero points); x_q may also be a float x (x_scale None)."""
+        if self.zeros is None:
+            return w4a8_gemm(x_q, self.qweight, self.scales, self.group_size, self.bias, x_scale=x_scale,
+                             out_dtype=out_dtype)
+        if x_scale is None:
+            x_q, x_scale = per_token_quant_int8(x_q)
+        y = w4a8_gemm(x_q, self.qweight, self.scales, self.group_size, x_scale=x_scale, out_dtype=torch.float32)
+        group_sums = x_q.to(torch.float32).reshape(x_q.shape[0], self.zeros.shape[0], -1).sum(-1)  # [M, G]
+        y = y - x_scale * (group_sums @ self.zeros)
+        return (y + self.bias.to(torch.float32) if self.bias is not None else y).to(out_dtype)
+
+    def _plan(self, m: int, dtype: torch.dtype, example):
+        """The layer's `DecodePlan` for M = m and output dtype: checks, config lookup and Triton's
+        argument binding done once per (M, dtype), not on every call (they cost more CPU than the
+        GEMM takes GPU). `example()` gives a float input to tune on, the first time."""
+        plan = self._plans.get((m, dtype))
         if plan is not None and not plan.holds(self.qweight, self.scales, self.bias):
             self._plans.clear()  # new buffers (.to(), a reload): plan again
             plan = None
         if plan is None:
-            plan = decode_plan(x2, self.qweight, self.scales, self.group_size, self.bias)
-            if not (x2.is_cuda and torch.cuda.is_current_stream_capturing()):  # untuned inside a capture
-                self._plans[(m, x2.dtype)] = plan
-        if not plan.accepts(x2):  # strided or unaligned input: the general path
-            return w4a8_gemm(x2, self.qweight, self.scales, self.group_size, self.bias)
-        return plan(x2, self.qweight, self.scales, self.bias)
+            plan = decode_plan(example(), self.qweight, self.scales, self.group_size, self.bias)
+            if not (self.qweight.is_cuda and torch.cuda.is_current_stream_capturing()):  # untuned in a capture
+                self._plans[(m, dtype)] = plan
+        return plan
 
     def __getstate__(self):  # copies and pickles plan again (plans hold compiled kernels)
         return {**super().__getstate__(), "_plans": {}}

@@ -37,6 +37,39 @@ DECODE_MAX_M = 16
 
 
 @triton.jit
+def w4a8_tile(x_col, stride_xk, mask_m, w_row, stride_wb, ws_n, stride_sg, mask_n, K, K_HALF, it_start, it_end,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr):
+    """acc[BLOCK_N, BLOCK_M] (fp32) = W . x^T over the K steps [it_start, it_end), weight scales
+    applied, activation scales not. x_col: x_q pointers of the tile's M rows [1, BLOCK_M]; w_row:
+    packed weight rows [BLOCK_N, 1]; ws_n: the scale pointers of group 0 for the tile's N [BLOCK_N]."""
+    offs_b = tl.arange(0, BLOCK_K // 2)  # packed bytes of one K step
+    acc_i = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+    acc_f = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for it in range(it_start, it_end):
+        k_lo = it * (BLOCK_K // 2) + offs_b  # low nibbles: k in [0, K_pad/2)
+        k_hi = K_HALF + k_lo  # high nibbles: k in [K_pad/2, K_pad)
+        x_lo = tl.load(x_col + k_lo[:, None] * stride_xk, mask=mask_m[None, :] & (k_lo[:, None] < K), other=0)
+        x_hi = tl.load(x_col + k_hi[:, None] * stride_xk, mask=mask_m[None, :] & (k_hi[:, None] < K), other=0)
+        w = tl.load(w_row + k_lo[None, :] * stride_wb, mask=mask_n[:, None] & (k_lo[None, :] < K_HALF), other=0,
+                    eviction_policy="evict_first")  # each weight byte is read once per M block
+        w_lo = (w << 4) >> 4  # arithmetic shifts on int8 sign-extend the nibbles
+        w_hi = w >> 4
+        if GROUP_SIZE == 0:
+            acc_i = tl.dot(w_lo, x_lo, acc_i, out_dtype=tl.int32)
+            acc_i = tl.dot(w_hi, x_hi, acc_i, out_dtype=tl.int32)
+        else:  # BLOCK_K / 2 <= GROUP_SIZE: each half lies in one group; K_HALF starts a group
+            g_lo = (it * (BLOCK_K // 2)) // GROUP_SIZE
+            s_lo = tl.load(ws_n + g_lo * stride_sg, mask=mask_n, other=0.0)
+            hi_ok = (K_HALF + it * (BLOCK_K // 2) + 0 * mask_n.to(tl.int32)) < K  # padded groups have no scale
+            s_hi = tl.load(ws_n + (g_lo + K_HALF // GROUP_SIZE) * stride_sg, mask=mask_n & hi_ok, other=0.0)
+            acc_f += tl.dot(w_lo, x_lo, out_dtype=tl.int32).to(tl.float32) * s_lo[:, None]
+            acc_f += tl.dot(w_hi, x_hi, out_dtype=tl.int32).to(tl.float32) * s_hi[:, None]
+    if GROUP_SIZE == 0:
+        acc_f = acc_i.to(tl.float32) * tl.load(ws_n, mask=mask_n, other=0.0)[:, None]
+    return acc_f
+
+
+@triton.jit
 def _w4a8_gemm_kernel(
     # pointers
     xq_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
@@ -66,7 +99,6 @@ def _w4a8_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    offs_b = tl.arange(0, BLOCK_K // 2)  # packed bytes of one K step
     x_col = xq_ptr + offs_m[None, :] * stride_xm
     w_row = w_ptr + offs_n[:, None] * stride_wn
 
@@ -74,36 +106,10 @@ def _w4a8_gemm_kernel(
     iters_per_split = tl.cdiv(n_iters, SPLIT_K)
     it_start = pid_k * iters_per_split
     it_end = tl.minimum(it_start + iters_per_split, n_iters)
-
-    acc_i = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
-    acc_f = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for it in range(it_start, it_end):
-        k_lo = it * (BLOCK_K // 2) + offs_b  # low nibbles: k in [0, K_pad/2)
-        k_hi = K_HALF + k_lo  # high nibbles: k in [K_pad/2, K_pad)
-        x_lo = tl.load(x_col + k_lo[:, None] * stride_xk, mask=mask_m[None, :] & (k_lo[:, None] < K), other=0)
-        x_hi = tl.load(x_col + k_hi[:, None] * stride_xk, mask=mask_m[None, :] & (k_hi[:, None] < K), other=0)
-        w = tl.load(w_row + k_lo[None, :] * stride_wb, mask=mask_n[:, None] & (k_lo[None, :] < K_HALF), other=0,
-                    eviction_policy="evict_first")  # each weight byte is read once per M block
-        w_lo = (w << 4) >> 4  # arithmetic shifts on int8 sign-extend the nibbles
-        w_hi = w >> 4
-        if GROUP_SIZE == 0:
-            acc_i = tl.dot(w_lo, x_lo, acc_i, out_dtype=tl.int32)
-            acc_i = tl.dot(w_hi, x_hi, acc_i, out_dtype=tl.int32)
-        else:  # BLOCK_K / 2 <= GROUP_SIZE: each half lies in one group; K_HALF starts a group
-            g_lo = (it * (BLOCK_K // 2)) // GROUP_SIZE
-            s_lo = tl.load(ws_ptr + g_lo * stride_sg + offs_n * stride_sn, mask=mask_n, other=0.0)
-            hi_ok = (K_HALF + it * (BLOCK_K // 2) + 0 * offs_n) < K  # padded groups have no scale
-            s_hi = tl.load(ws_ptr + (g_lo + K_HALF // GROUP_SIZE) * stride_sg + offs_n * stride_sn,
-                           mask=mask_n & hi_ok, other=0.0)
-            acc_f += tl.dot(w_lo, x_lo, out_dtype=tl.int32).to(tl.float32) * s_lo[:, None]
-            acc_f += tl.dot(w_hi, x_hi, out_dtype=tl.int32).to(tl.float32) * s_hi[:, None]
-
+    acc = w4a8_tile(x_col, stride_xk, mask_m, w_row, stride_wb, ws_ptr + offs_n * stride_sn, stride_sg, mask_n,
+                    K, K_HALF, it_start, it_end, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SIZE)
     x_scale = tl.load(xs_ptr + offs_m * stride_xsm, mask=mask_m, other=0.0)
-    if GROUP_SIZE == 0:
-        w_scale = tl.load(ws_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
-        out = acc_i.to(tl.float32) * w_scale[:, None] * x_scale[None, :]
-    else:
-        out = acc_f * x_scale[None, :]
+    out = acc * x_scale[None, :]
     out_ptrs = out_ptr + pid_k * stride_os + offs_m[None, :] * stride_om + offs_n[:, None] * stride_on
     mask = mask_n[:, None] & mask_m[None, :]
     if SPLIT_K == 1:
@@ -307,11 +313,17 @@ class DecodePlan:
 
     def __call__(self, x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
-        m, n, k, dev = self.m, self.n, self.k, self.device
+        m, k, dev = self.m, self.k, self.device
         # the same arguments, in the same order and form, as per_token_quant_int8 and _launch pass
         x_q = torch.empty((m, k), dtype=torch.int8, device=dev)
         x_scale = torch.empty((m, 1), dtype=torch.float32, device=dev)
         self.quant(self.quant_grid, x, x_q, x_scale, m, k, k, 1, k, 1)
+        return self.quantized(x_q, x_scale, packed_w, w_scale, bias)
+
+    def quantized(self, x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+        """The GEMM (and reduction) for x_q int8 [m, k] contiguous, x_scale fp32 [m, 1]."""
+        m, n, k, dev = self.m, self.n, self.k, self.device
         out = torch.empty((m, n), dtype=self.x_dtype, device=dev)
         sw0, sw1, ss0, ss1 = self.w_strides
         if self.split == 1:

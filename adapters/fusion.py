@@ -1,0 +1,174 @@
+"""Fewer launches per layer: fused projections and fused activation quantization, after loading.
+
+`fuse_w4a8(model)` rewrites a loaded W4A8 model in place, keeping transformers' modules and
+their forward code:
+- q/k/v become one W4A8Linear (weights concatenated along N); q_proj, k_proj and v_proj become
+  `ProjectionSlice`s that return their columns of the one GEMM's output (the attention code
+  calls them one after another on the same input, so the GEMM runs on the first call);
+- gate/up become one W4A8Linear and the MLP a `FusedMLP`: GEMM, then `silu_mul_quant` (SiLU(gate)
+  * up quantized to int8 in one pass), then the down GEMM on that int8 input;
+- RMSNorms in front of a fused projection become `QuantizingRMSNorm`: one kernel returns the
+  normalized x and its int8 quantization, attached to the output tensor (`INT8_ATTR`), which the
+  next W4A8Linear takes instead of quantizing again;
+- routed experts are stacked ([E, N, K/2]) so that they run as one grouped launch (moe.py).
+Per decode layer of Qwen3 that is 2 quantizations, 4 GEMMs and 2 norms instead of 7 quantizations,
+7 GEMMs and 2 six-kernel HF norms. Values equal the unfused path's: same int8 inputs, same
+weights; only fp32 summation order inside a GEMM may differ (tile and split choices).
+
+Only layers that run the Triton path without zero points are fused (the torch path and W8A8
+checkpoints stay as loaded).
+"""
+
+import torch
+from torch import nn
+from transformers import activations
+
+from kernels.autotune import interpreting
+from kernels.fused_act import rmsnorm_quant, silu_mul_quant
+from kernels.linear import INT8_ATTR, W4A8Linear
+
+from .moe import W4A8Experts
+
+_SILU = (nn.SiLU, getattr(activations, "SiLUActivation", nn.SiLU))  # ACT2FN["silu"] in 4.57 / 5.x
+
+
+def _fusable(*layers) -> bool:
+    first = layers[0]
+    return all(isinstance(layer, W4A8Linear) and layer.use_triton and layer.zeros is None
+               and layer.group_size == first.group_size and layer.in_features == first.in_features
+               and (layer.bias is None) == (first.bias is None) for layer in layers)
+
+
+def concat_linears(layers: list[W4A8Linear]) -> W4A8Linear:
+    """One W4A8Linear computing the given layers' outputs side by side (same input)."""
+    first = layers[0]
+    fused = W4A8Linear(first.in_features, sum(layer.out_features for layer in layers), first.group_size,
+                       first.bias is not None, True, device=first.qweight.device,
+                       bias_dtype=first.bias.dtype if first.bias is not None else torch.bfloat16)
+    fused.qweight = torch.cat([layer.qweight for layer in layers], dim=0)
+    fused.scales = torch.cat([layer.scales for layer in layers], dim=1)
+    if first.bias is not None:
+        fused.bias = torch.cat([layer.bias for layer in layers])
+    return fused
+
+
+class FusedProjection(nn.Module):
+    """One GEMM for several projections of the same input; remembers its last input and output."""
+
+    def __init__(self, linear: W4A8Linear):
+        super().__init__()
+        self.linear = linear
+        self._last: tuple | None = None  # (input, its version, output)
+
+    def output_for(self, x: torch.Tensor) -> torch.Tensor:
+        last = self._last
+        if last is None or last[0] is not x or last[1] != x._version:
+            last = self._last = (x, x._version, self.linear(x))
+        return last[2]
+
+
+class ProjectionSlice(nn.Module):
+    """Columns [start, stop) of a FusedProjection's output: stands in for one nn.Linear."""
+
+    def __init__(self, fused: FusedProjection, start: int, stop: int, last: bool):
+        super().__init__()
+        self.fused = [fused]  # a list, so the module (and its weights) is registered once, by the owner
+        self.start, self.stop, self.last = start, stop, last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.fused[0]
+        y = fused.output_for(x)[..., self.start:self.stop]
+        if self.last:
+            fused._last = None  # drop the references: the next layer's input is new
+        return y
+
+    def extra_repr(self) -> str:
+        return f"columns {self.start}:{self.stop} of the fused projection"
+
+
+def _triton_here(x: torch.Tensor) -> bool:
+    return x.is_cuda or interpreting()
+
+
+class FusedMLP(nn.Module):
+    """down(SiLU(gate(x)) * up(x)) as gate_up GEMM -> silu_mul_quant -> down GEMM on int8."""
+
+    def __init__(self, gate_up: W4A8Linear, down: W4A8Linear):
+        super().__init__()
+        self.gate_up, self.down = gate_up, down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.gate_up(x)
+        h2 = h.reshape(-1, h.shape[-1])
+        if _triton_here(h):
+            y = self.down.forward_int8(*silu_mul_quant(h2), x.dtype)
+        else:
+            gate, up = h2.chunk(2, dim=-1)
+            y = self.down(nn.functional.silu(gate) * up)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class QuantizingRMSNorm(nn.Module):
+    """transformers' RMSNorm whose output also carries its int8 quantization (INT8_ATTR)."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.weight, self.variance_epsilon = norm.weight, norm.variance_epsilon
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _triton_here(x) or x.dtype != self.weight.dtype:
+            xf = x.to(torch.float32)
+            return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)).to(x.dtype)
+        y, x_q, x_scale = rmsnorm_quant(x.reshape(-1, x.shape[-1]), self.weight, self.variance_epsilon)
+        y = y.view(x.shape)
+        setattr(y, INT8_ATTR, (x_q, x_scale))
+        return y
+
+
+def _fuse_attention(attn: nn.Module) -> bool:
+    names = ("q_proj", "k_proj", "v_proj")
+    layers = [getattr(attn, name, None) for name in names]
+    if not _fusable(*layers):
+        return False
+    attn.qkv = FusedProjection(concat_linears(layers))
+    start = 0
+    for name, layer in zip(names, layers):
+        setattr(attn, name, ProjectionSlice(attn.qkv, start, start + layer.out_features, name == "v_proj"))
+        start += layer.out_features
+    return True
+
+
+def _fused_mlp(mlp: nn.Module) -> FusedMLP | None:
+    layers = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj")]
+    act = getattr(mlp, "act_fn", None)
+    if not _fusable(*layers) or not isinstance(act, _SILU) or not _fusable(getattr(mlp, "down_proj", None)):
+        return None
+    return FusedMLP(concat_linears(layers), mlp.down_proj)
+
+
+@torch.no_grad()
+def fuse_w4a8(model: nn.Module) -> dict[str, int]:
+    """Fuse in place (see the module docstring); returns how many of each fusion were made."""
+    made = {"qkv": 0, "mlp": 0, "norm": 0, "experts": 0}
+    for layer in model.model.layers:
+        if _fuse_attention(layer.self_attn):
+            made["qkv"] += 1
+            layer.input_layernorm = QuantizingRMSNorm(layer.input_layernorm)
+            made["norm"] += 1
+        mlp = layer.mlp
+        fused = _fused_mlp(mlp)
+        if fused is not None:
+            layer.mlp = fused
+            layer.post_attention_layernorm = QuantizingRMSNorm(layer.post_attention_layernorm)
+            made["mlp"] += 1
+            made["norm"] += 1
+            continue
+        shared = getattr(mlp, "shared_experts", None) or getattr(mlp, "shared_expert", None)
+        fused_shared = _fused_mlp(shared) if shared is not None else None
+        if fused_shared is not None:
+            setattr(mlp, "shared_experts" if hasattr(mlp, "shared_experts") else "shared_expert", fused_shared)
+            made["mlp"] += 1
+        experts = getattr(mlp, "experts", None)
+        if isinstance(experts, W4A8Experts) and experts.stack():
+            made["experts"] += 1
+    return made

@@ -1,0 +1,129 @@
+"""Activation kernels fused with per-token int8 quantization (Triton): one pass, one launch.
+
+- `rmsnorm_quant(x, weight, eps)`: RMSNorm (as transformers' Qwen3/Ernie-4.5 RMSNorm computes
+  it) that also returns the int8 quantization of its output for the next W4A8 GEMM;
+- `silu_mul_quant(h)`: for h = [gate | up] (the fused gate/up GEMM's output), the int8
+  quantization of SiLU(gate) * up, the down projection's input, which never reaches memory in
+  high precision.
+
+Rounding follows the unfused path step by step, so that the int8 values are the same: HF
+rounds the normalized x to the model dtype before multiplying by the weight, and rounds SiLU's
+output and the product to the model dtype; the kernels do the same in registers. Each program
+holds whole rows (as `per_token_quant_int8`): the row max of the scale needs all of the row.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .act_quant import quant_launch_params, quantize_rows
+
+
+@triton.jit
+def round_to(x, dtype: tl.constexpr):
+    """fp32 x rounded to `dtype` (nearest, ties to even), returned as fp32. bf16 by bit arithmetic:
+    TRITON_INTERPRET (3.6-3.9) truncates fp32 -> bf16 casts, which the CPU tests would see."""
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # -65536 = 0xFFFF0000 (finite x)
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return x.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _rmsnorm_quant_kernel(
+    x_ptr, w_ptr, y_ptr, xq_ptr, scale_ptr,
+    M, K, eps,
+    stride_xm, stride_ym, stride_qm,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
+    x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+    rstd = tl.math.rsqrt(tl.sum(x * x, axis=1) / K + eps)
+    dtype = y_ptr.dtype.element_ty
+    y = round_to(round_to(x * rstd[:, None], dtype) * w[None, :], dtype)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_k[None, :], y.to(dtype), mask=mask)
+    q, scale = quantize_rows(y)
+    tl.store(xq_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
+    tl.store(scale_ptr + offs_m, scale, mask=offs_m < M)
+
+
+@triton.jit
+def _silu_mul_quant_kernel(
+    h_ptr, xq_ptr, scale_ptr,
+    M, I,
+    stride_hm, stride_qm,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask = (offs_m[:, None] < M) & (offs_k[None, :] < I)
+    row = h_ptr + offs_m[:, None] * stride_hm + offs_k[None, :]
+    gate = tl.load(row, mask=mask, other=0.0)
+    up = tl.load(row + I, mask=mask, other=0.0).to(tl.float32)
+    g = gate.to(tl.float32)
+    act = round_to(g / (1.0 + tl.exp(-g)), gate.dtype)  # SiLU in fp32, rounded as torch's
+    prod = round_to(act * up, gate.dtype)
+    q, scale = quantize_rows(prod)
+    tl.store(xq_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
+    tl.store(scale_ptr + offs_m, scale, mask=offs_m < M)
+
+
+def _rows(x: torch.Tensor, name: str) -> None:
+    if x.dim() != 2 or x.stride(1) != 1 or not x.dtype.is_floating_point:
+        raise ValueError(f"{name} takes a float [M, K] tensor with unit inner stride, got {x.dtype} "
+                         f"{tuple(x.shape)} strides {x.stride()}")
+
+
+def rmsnorm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (RMSNorm(x) * weight in x.dtype, its int8 values [M, K], scales fp32 [M, 1])."""
+    _rows(x, "rmsnorm_quant")
+    m, k = x.shape
+    if weight.shape != (k,):
+        raise ValueError(f"rmsnorm_quant: weight {tuple(weight.shape)} does not match K={k}")
+    y = torch.empty_like(x)
+    x_q = torch.empty((m, k), dtype=torch.int8, device=x.device)
+    scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    if m:
+        block_m, block_k, warps = quant_launch_params(m, k)
+        _rmsnorm_quant_kernel[(triton.cdiv(m, block_m),)](
+            x, weight, y, x_q, scale, m, k, eps, x.stride(0), y.stride(0), x_q.stride(0),
+            BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps)
+    return y, x_q, scale
+
+
+def silu_mul_quant(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """h [M, 2I] = [gate | up] -> (int8 quantization of SiLU(gate) * up [M, I], scales fp32 [M, 1])."""
+    _rows(h, "silu_mul_quant")
+    m, two_i = h.shape
+    if two_i % 2:
+        raise ValueError(f"silu_mul_quant takes [gate | up] with an even width, got {tuple(h.shape)}")
+    i = two_i // 2
+    x_q = torch.empty((m, i), dtype=torch.int8, device=h.device)
+    scale = torch.empty((m, 1), dtype=torch.float32, device=h.device)
+    if m:
+        block_m, block_k, warps = quant_launch_params(m, i)
+        _silu_mul_quant_kernel[(triton.cdiv(m, block_m),)](
+            h, x_q, scale, m, i, h.stride(0), x_q.stride(0), BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps)
+    return x_q, scale
+
+
+def rmsnorm_quant_ref(x: torch.Tensor, weight: torch.Tensor, eps: float):
+    """The unfused computation (transformers' RMSNorm, then `per_token_quant_int8_ref`)."""
+    from .reference import per_token_quant_int8_ref
+
+    xf = x.to(torch.float32)
+    y = weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (y, *per_token_quant_int8_ref(y))
+
+
+def silu_mul_quant_ref(h: torch.Tensor):
+    from .reference import per_token_quant_int8_ref
+
+    gate, up = h.chunk(2, dim=-1)
+    return per_token_quant_int8_ref(torch.nn.functional.silu(gate) * up)
