@@ -39,7 +39,8 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
     """Greedy decoding: [B, T] prompt ids -> [B, T + new] ids (stops early at EOS, padded).
 
     On CUDA (cuda_graphs=True) with a static KV cache and decode steps replayed from a CUDA graph
-    (static_decode.py); otherwise HF `generate` with its dynamic cache. Same tokens either way."""
+    (static_decode.py); otherwise HF `generate` with its dynamic cache. The same greedy decoding either
+    way (tokens can differ only where two logits tie within rounding)."""
     device = next(model.buffers()).device
     input_ids = input_ids.to(device)
     if attention_mask is None:

@@ -106,7 +106,8 @@ def check_weight_load(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResu
             return problem
     audit, dead = cand.result["audit"], cand.result["perturb"]["dead"]
     unread = sorted(set(audit["checkpoint"]) - set(audit["read"]))
-    details = {"unread": unread, "dead": dead, "never_loaded": audit["unloaded"], "meta": audit["meta"]}
+    details = {"unread": unread, "dead": dead, "never_loaded": audit["unloaded"], "meta": audit["meta"],
+               "raised_when_perturbed": cand.result["perturb"].get("raised", {})}
     if not audit["read"]:
         return CheckResult(name=name, status="fail", category="unused_weights", details=details,
                            summary="no checkpoint tensor was read through safetensors (safe_open / load_file): "

@@ -188,7 +188,7 @@ class Probe:
     def perturb(self, result: dict, tensors: dict) -> None:
         ids = self.ids(*self.args.get("perturb_shape", [4, 128]), seed=5)
         clean = logits_of(self.load(use_triton=False)(ids)).float()
-        dead = []
+        dead, raised = [], {}
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / "ckpt"
             shutil.copytree(self.model_dir, copy)
@@ -202,12 +202,13 @@ class Probe:
                     safetensors.torch.save_file(changed, str(copy / shard), metadata={"format": "pt"})
                     try:
                         moved = logits_of(self.load(copy, use_triton=False)(ids)).float()
-                    except Exception:  # the port noticed the change (a shape tensor, say): it is used
+                    except Exception as err:  # the port noticed the change (a shape tensor, say): it is used
+                        raised[name] = _error_text(err)
                         continue
                     if moved.shape == clean.shape and (moved - clean).abs().max() <= 1e-6 * clean.abs().max():
                         dead.append(name)
                 shutil.copy(self.model_dir / shard, copy / shard)
-        result["perturb"] = {"dead": dead}
+        result["perturb"] = {"dead": dead, "raised": raised}
 
 
 def perturbed(t: torch.Tensor) -> torch.Tensor:
