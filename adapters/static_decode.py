@@ -13,8 +13,8 @@ What a graph needs, and how the step provides it:
   graph itself advances (`index_copy_`, `add_`), so the host only calls `replay()`;
 - the same code outside the graph: `StaticDecoder.step` is an ordinary function; the first
   decode step runs it eagerly (it tunes and plans the W4A8 kernels for this batch), later steps
-  replay its capture. With `graphs=False` (or on a CPU) every step runs eagerly, which is how
-  the CPU tests check that this path decodes exactly like HF `generate`.
+  replay its capture. With `use_graph=False` (or on a CPU) every step runs eagerly, which is
+  how the CPU tests check this path's greedy tokens against the model's own.
 
 It drives transformers' own model classes: they take `past_key_values` (any object with HF's
 `update`), explicit `position_ids` and a 4D mask, which masking_utils passes through untouched.
