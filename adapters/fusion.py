@@ -8,7 +8,7 @@ their forward code:
 - gate/up become one W4A8Linear and the MLP a `FusedMLP`: GEMM, then `silu_mul_quant` (SiLU(gate)
   * up quantized to int8 in one pass), then the down GEMM on that int8 input;
 - RMSNorms in front of a fused projection become `QuantizingRMSNorm`: one kernel returns the
-  normalized x and its int8 quantization, attached to the output tensor (`INT8_ATTR`), which the
+  normalized x and its int8 quantization, attached to the output tensor (`attach_int8`), which the
   next W4A8Linear takes instead of quantizing again;
 - routed experts are stacked ([E, N, K/2]) so that they run as one grouped launch (moe.py).
 Per decode layer of Qwen3 that is 2 quantizations, 4 GEMMs and 2 norms instead of 7 quantizations,
@@ -25,7 +25,7 @@ from transformers import activations
 
 from kernels.autotune import interpreting
 from kernels.fused_act import rmsnorm_quant, silu_mul_quant
-from kernels.linear import INT8_ATTR, W4A8Linear
+from kernels.linear import W4A8Linear, attach_int8
 
 from .moe import W4A8Experts
 
@@ -109,7 +109,7 @@ class FusedMLP(nn.Module):
 
 
 class QuantizingRMSNorm(nn.Module):
-    """transformers' RMSNorm whose output also carries its int8 quantization (INT8_ATTR)."""
+    """transformers' RMSNorm whose output also carries its int8 quantization (attach_int8)."""
 
     def __init__(self, norm: nn.Module):
         super().__init__()
@@ -121,7 +121,7 @@ class QuantizingRMSNorm(nn.Module):
             return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)).to(x.dtype)
         y, x_q, x_scale = rmsnorm_quant(x.reshape(-1, x.shape[-1]), self.weight, self.variance_epsilon)
         y = y.view(x.shape)
-        setattr(y, INT8_ATTR, (x_q, x_scale))
+        attach_int8(y, x_q, x_scale)
         return y
 
 

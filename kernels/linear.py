@@ -24,9 +24,19 @@ from .w8a8_gemm import w8a8_gemm
 
 PACKED_FORMATS = ("kernel", "awq", "compressed-tensors")
 # Attribute a fused producer (adapters/fusion.py: RMSNorm + quantization) sets on its output
-# tensor: (x_q int8 [M, K], x_scale fp32 [M, 1]) of that same tensor, so the next W4A8Linear
-# skips its own quantization pass.
+# tensor: (its _version, x_q int8 [M, K], x_scale fp32 [M, 1]) of that same tensor, so the next
+# W4A8Linear skips its own quantization pass; an in-place change since (version moved) voids it.
 INT8_ATTR = "_w4a8_int8"
+
+
+def attach_int8(x: torch.Tensor, x_q: torch.Tensor, x_scale: torch.Tensor) -> None:
+    setattr(x, INT8_ATTR, (x._version, x_q, x_scale))
+
+
+def attached_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(x_q, x_scale) attached to x by attach_int8, if x has not changed in place since."""
+    found = getattr(x, INT8_ATTR, None)
+    return found[1:] if found is not None and found[0] == x._version else None
 
 
 def check_linear_shape(in_features: int, out_features: int, group_size: int) -> None:
@@ -141,7 +151,7 @@ class W4A8Linear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"W4A8Linear expects in_features={self.in_features}, got input {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)
-        quantized = getattr(x, INT8_ATTR, None)
+        quantized = attached_int8(x)
         if not self._triton_runs_here(x):
             y = w4a8_linear_torch(x2, self.qweight, self.scales, self.in_features, self.bias, self.zeros)
         elif quantized is not None:  # a fused producer already quantized x (kernels/fused_act.py)

@@ -14,6 +14,7 @@ import transformers
 from adapters.fusion import FusedMLP, QuantizingRMSNorm, fuse_w4a8
 from adapters.moe import W4A8Experts
 from adapters.static_decode import _after_eos, static_generate
+from kernels.linear import attached_int8
 
 from .test_adapters import FAMILIES
 
@@ -101,6 +102,19 @@ def test_grouped_experts_match_the_expert_loop(quant_dir, device):
         grouped = experts(hidden, top_k_index, weights)
     assert all(torch.equal(v, state[k]) for k, v in experts.state_dict().items()), "stacking changed the weights"
     assert torch.allclose(grouped.float(), loop.float(), rtol=2e-2, atol=2e-2 * loop.abs().max().item())
+
+
+def test_int8_handoff_is_dropped_after_an_in_place_change(quant_dir, device):
+    model = load("qwen3", quant_dir("qwen3"), device, fuse=True)
+    layer = model.model.layers[0]
+    x = torch.randn(3, model.config.hidden_size, device=device, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y = layer.input_layernorm(x)  # QuantizingRMSNorm: y carries its int8 quantization
+        assert attached_int8(y) is not None
+        y.mul_(-2)
+        assert attached_int8(y) is None
+        qkv = layer.self_attn.qkv.linear
+        assert torch.equal(qkv(y), qkv(y.clone()))  # quantized afresh, not from the stale int8
 
 
 def test_after_eos_pads_and_cuts_like_generate():
