@@ -175,14 +175,17 @@ class StaticDecoder:
 
 
 def _capturable(model: nn.Module) -> bool:
-    """False (with a warning) when a module needs host syncs: experts run by the per-expert loop
-    (W8A8 or zero-point experts, or the torch path), which reads expert counts on the host."""
+    """False (with a warning) when a module needs host syncs: experts run one by one, reading
+    which experts got tokens on the host. That is W4A8Experts not stacked (W8A8 or zero-point
+    experts, the torch path) and transformers 4.x's own per-expert ModuleList."""
     from .moe import W4A8Experts
 
-    loops = [name for name, m in model.named_modules() if isinstance(m, W4A8Experts) and m.stacked is None]
+    loops = [name for name, m in model.named_modules() if name.endswith(".experts") and isinstance(m, nn.ModuleList)
+             and getattr(m, "stacked", None) is None]
     if loops:
-        warnings.warn(f"{loops[0]} runs its experts in a host-synchronized loop (not stacked by fusion.fuse_w4a8):"
-                      " decoding without CUDA graphs", stacklevel=3)
+        how = "a host-synchronized loop" + (" (not stacked by fusion.fuse_w4a8)"
+                                            if isinstance(model.get_submodule(loops[0]), W4A8Experts) else "")
+        warnings.warn(f"{loops[0]} runs its experts in {how}: decoding without CUDA graphs", stacklevel=3)
     return not loops
 
 
