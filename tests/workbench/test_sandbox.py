@@ -4,6 +4,8 @@ import os
 import sys
 import time
 
+import pytest
+
 from workbench.checks import run_sandboxed, scrubbed_env
 from workbench.checks.result import CheckResult, settle_flaky
 
@@ -27,6 +29,27 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     assert done.timed_out and done.returncode is None and time.monotonic() - start < 10
     time.sleep(4)
     assert not marker.exists(), "a child of the check outlived it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a killed daemon may stay a zombie until its new parent reaps it
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finding daemons by their environment needs /proc")
+def test_a_daemon_that_left_the_process_group_is_killed_too(tmp_path):
+    pid_file = tmp_path / "daemon.pid"
+    daemon = f"import os, time; os.setsid(); open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    code = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {daemon!r}]); "
+            f"[time.sleep(0.05) for _ in range(200) if not os.path.exists({str(pid_file)!r})]")
+    done = run_sandboxed(py("import os; " + code), tmp_path, 30)
+    assert done.returncode == 0, done.stderr
+    pid = int(pid_file.read_text())
+    time.sleep(0.2)
+    assert not _alive(pid), "a setsid daemon outlived its check"
 
 
 def test_segfault_is_a_typed_result(tmp_path):

@@ -2,6 +2,10 @@
 limit after which the whole group is killed (no server or child outlives it), an address-space
 limit, and an environment scrubbed of secrets (API keys never reach candidate code).
 
+A daemon that leaves the group (`setsid`, a double fork) is found by the marker every sandboxed
+process inherits in its environment (`WB_SANDBOX=<id>`, read from /proc) and killed too; one
+that also clears its environment escapes (cgroups would hold it; this machine has none to give).
+
 Timeouts, signals (a segfault) and the memory limit come back as a typed `SandboxResult`,
 never as an exception in the harness.
 """
@@ -13,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,7 @@ SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL|AUTH", re.IGNORE
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES",
                   "WB_CACHE_DIR", "XDG_CACHE_HOME", "VIRTUAL_ENV")
 OUTPUT_LIMIT = 20_000  # characters of stdout/stderr kept: head and tail
+MARKER = "WB_SANDBOX"  # environment variable naming one sandboxed run (see kill_marked)
 
 
 @dataclass
@@ -47,6 +53,20 @@ def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in env.items() if not SECRET_NAME.search(k)}
 
 
+def kill_marked(marker: str) -> list[int]:
+    """SIGKILL every process whose environment holds `marker` ("NAME=value"); returns their pids."""
+    needle = b"\0" + marker.encode() + b"\0"
+    killed = []
+    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else ():
+        try:
+            if needle in b"\0" + (entry / "environ").read_bytes() + b"\0":
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+        except (OSError, ValueError):  # gone meanwhile, or not ours to read
+            continue
+    return killed
+
+
 def _truncate(text: str) -> str:
     if len(text) <= OUTPUT_LIMIT:
         return text
@@ -65,7 +85,9 @@ def run_sandboxed(argv: list[str], cwd: str | Path, timeout_s: float, memory_mb:
     # Output goes to files, not pipes: a daemon the command leaves behind keeps a pipe open and
     # would hold us until the time limit; with files we stop when the command itself exits.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env if env is not None else scrubbed_env(), text=True,
+        run_id = uuid.uuid4().hex
+        env = {**(env if env is not None else scrubbed_env()), MARKER: run_id}
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, text=True,
                                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                 stdout=out, stderr=err, start_new_session=True, preexec_fn=limit_memory)
         try:
@@ -81,6 +103,7 @@ def run_sandboxed(argv: list[str], cwd: str | Path, timeout_s: float, memory_mb:
                 os.killpg(proc.pid, signal.SIGKILL)  # the whole group: daemons and servers too
             except ProcessLookupError:
                 pass
+            kill_marked(f"{MARKER}={run_id}")  # and those that left it
         proc.wait()
         out.seek(0)
         err.seek(0)
