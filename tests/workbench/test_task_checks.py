@@ -53,7 +53,7 @@ def load_model(model_dir, device="cpu", use_triton=True):  # reads q_norm/k_norm
     return model
 """)
     result = check("weight_load", spec, tree, base)
-    assert result.status == "fail" and result.category == "unused_weights", (result.summary, result.details)
+    assert result.status == "fail" and result.category == "unused_weights", f"{result.summary}: {result.details}"
     assert "do not change the logits" in result.summary and "self_attn.k_norm.weight" in result.summary
     assert sorted(result.details["dead"]) == sorted(f"model.layers.{i}.self_attn.{n}.weight"
                                                     for i in range(2) for n in ("q_norm", "k_norm"))

@@ -107,7 +107,8 @@ def check_weight_load(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResu
     audit, dead = cand.result["audit"], cand.result["perturb"]["dead"]
     unread = sorted(set(audit["checkpoint"]) - set(audit["read"]))
     details = {"unread": unread, "dead": dead, "never_loaded": audit["unloaded"], "meta": audit["meta"],
-               "raised_when_perturbed": cand.result["perturb"].get("raised", {})}
+               "raised_when_perturbed": cand.result["perturb"].get("raised", {}),
+               "reload_noise": cand.result["perturb"].get("reload_noise")}
     if not audit["read"]:
         return CheckResult(name=name, status="fail", category="unused_weights", details=details,
                            summary="no checkpoint tensor was read through safetensors (safe_open / load_file): "
