@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import activations
 
-from kernels.autotune import interpreting
+from kernels.autotune import triton_runs_on
 from kernels.fused_act import rmsnorm_quant, silu_mul_quant
 from kernels.linear import W4A8Linear, attach_int8
 
@@ -86,10 +86,6 @@ class ProjectionSlice(nn.Module):
         return f"columns {self.start}:{self.stop} of the fused projection"
 
 
-def _triton_here(x: torch.Tensor) -> bool:
-    return x.is_cuda or interpreting()
-
-
 class FusedMLP(nn.Module):
     """down(SiLU(gate(x)) * up(x)) as gate_up GEMM -> silu_mul_quant -> down GEMM on int8."""
 
@@ -100,7 +96,7 @@ class FusedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.gate_up(x)
         h2 = h.reshape(-1, h.shape[-1])
-        if _triton_here(h):
+        if triton_runs_on(h):
             y = self.down.forward_int8(*silu_mul_quant(h2), x.dtype)
         else:
             gate, up = h2.chunk(2, dim=-1)
@@ -116,7 +112,7 @@ class QuantizingRMSNorm(nn.Module):
         self.weight, self.variance_epsilon = norm.weight, norm.variance_epsilon
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _triton_here(x) or x.dtype != self.weight.dtype:
+        if not triton_runs_on(x) or x.dtype != self.weight.dtype:
             xf = x.to(torch.float32)
             return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)).to(x.dtype)
         y, x_q, x_scale = rmsnorm_quant(x.reshape(-1, x.shape[-1]), self.weight, self.variance_epsilon)

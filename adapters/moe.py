@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from kernels.autotune import interpreting
+from kernels.autotune import triton_runs_on
 from kernels.act_quant import per_token_quant_int8
 from kernels.fused_act import silu_mul_quant
 from kernels.linear import W4A8Linear
@@ -87,7 +87,7 @@ class W4A8Experts(nn.ModuleList):
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
         n_tokens, top_k = top_k_index.shape
-        if self.stacked is not None and (hidden_states.is_cuda or interpreting()):
+        if self.stacked is not None and triton_runs_on(hidden_states):
             y = self._grouped(hidden_states, top_k_index)
             y = y * top_k_weights.reshape(-1, 1).to(y.dtype)
             return y.reshape(n_tokens, top_k, -1).sum(dim=1)

@@ -27,6 +27,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
+from .moe import W4A8Experts
+
 CACHE_ROUND = 256  # max_len is rounded up so that graphs are reused across close lengths
 ATTENTION = "wb_grouped_sdpa"
 
@@ -178,8 +180,6 @@ def _capturable(model: nn.Module) -> bool:
     """False (with a warning) when a module needs host syncs: experts run one by one, reading
     which experts got tokens on the host. That is W4A8Experts not stacked (W8A8 or zero-point
     experts, the torch path) and transformers 4.x's own per-expert ModuleList."""
-    from .moe import W4A8Experts
-
     loops = [name for name, m in model.named_modules() if name.endswith(".experts") and isinstance(m, nn.ModuleList)
              and getattr(m, "stacked", None) is None]
     if loops:

@@ -34,6 +34,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def triton_runs_on(x) -> bool:
+    """Whether a Triton kernel can take tensor x: on a GPU, or anywhere under the interpreter."""
+    return x.is_cuda or interpreting()
+
+
 def _cache_path(gpu_name: str) -> Path:
     root = os.environ.get("WB_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "porting-workbench")

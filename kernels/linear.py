@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from .autotune import interpreting
+from .autotune import triton_runs_on
 from .packing import pack_w4a8, padded_k, repack_awq, repack_ct, unpack_w4a8
 from .reference import check_group_size, per_token_quant_int8_ref, quantize_weight
 from .act_quant import per_token_quant_int8
@@ -140,7 +140,7 @@ class W4A8Linear(nn.Module):
     def _triton_runs_here(self, x: torch.Tensor) -> bool:
         if not self.use_triton:
             return False
-        if x.is_cuda or interpreting():
+        if triton_runs_on(x):
             return True
         warnings.warn("W4A8Linear(use_triton=True) on CPU without TRITON_INTERPRET=1: using the torch path",
                       stacklevel=3)
