@@ -11,7 +11,8 @@ tokens, HF eager `generate` with its dynamic KV cache), and batch-1 seconds for 
 the figure the seed workflow reported (Qwen3-32B: 51 s with its Triton path, 73 s without).
 Every timing follows a warm-up on the same shapes (autotuning and compiles stay out of it), and
 SDPA's cuDNN backend is off for all variants (`attention_backends`; --cudnn-sdpa allows it).
-Variants: W4A8 Triton, W4A8 torch path, bf16 transformers.
+Variants: W4A8 Triton (on CUDA fused as load_model returns it: fusion.fuse_w4a8; --no-fuse keeps
+the layers as loaded), W4A8 torch path, bf16 transformers.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import transformers
 from torch import nn
 
 from .formats import QuantScheme
+from .fusion import fuse_w4a8
 from .loader import assign_tensor, finish_model, swap_quantized_modules, synchronize
 from .tiny import make_config, model_class
 
@@ -46,8 +48,9 @@ def real_config(name: str) -> transformers.PretrainedConfig:
 
 
 @torch.no_grad()
-def build(config, variant: str, device: str, group_size: int = 128) -> nn.Module:
-    """The model with random weights, materialized tensor by tensor on `device`."""
+def build(config, variant: str, device: str, group_size: int = 128, fuse: bool = False) -> nn.Module:
+    """The model with random weights, materialized tensor by tensor on `device`; `fuse` applies
+    fusion.fuse_w4a8 to a W4A8 model, as load_model does on CUDA."""
     with torch.device("meta"):
         model = model_class(config)(config)
     if variant != "bf16":
@@ -65,6 +68,8 @@ def build(config, variant: str, device: str, group_size: int = 128) -> nn.Module
             value = (torch.randn(t.shape, device=device) * 0.02).to(torch.bfloat16)
         assign_tensor(model, name, value)
     finish_model(model, config, device)
+    if fuse and variant != "bf16":
+        fuse_w4a8(model)
     return model
 
 
@@ -124,6 +129,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny cpu-tier configs and few tokens (smoke run)")
+    parser.add_argument("--no-fuse", action="store_true",
+                        help="keep the W4A8 Triton layers as loaded (default: fused on CUDA, as load_model does)")
     parser.add_argument("--cudnn-sdpa", action="store_true",
                         help="let SDPA pick cuDNN attention (off by default: see attention_backends)")
     args = parser.parse_args(argv)
@@ -137,7 +144,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for variant in args.variants.split(","):
             start = time.perf_counter()
             try:
-                model = build(config, variant, args.device, 32 if args.tiny else 128)
+                fuse = variant == "w4a8-triton" and args.device.startswith("cuda") and not args.no_fuse
+                model = build(config, variant, args.device, 32 if args.tiny else 128, fuse)
                 synchronize(args.device)
                 row = {"model": name, "variant": variant, "load_s": time.perf_counter() - start}
                 with attention_backends(args.cudnn_sdpa):

@@ -25,7 +25,6 @@ import torch
 import transformers
 
 from .benchmark import SHAPES, _timed, attention_backends, build, real_config
-from .fusion import fuse_w4a8
 from .loader import synchronize
 from .static_decode import static_generate
 from .tiny import make_config
@@ -97,9 +96,8 @@ def profile_step(model, batch: int, device: str, top: int = 25) -> str:
 @torch.no_grad()
 def run_variant(config, variant: str, device: str, batches: tuple[int, ...], new_tokens: int, group: int,
                 bandwidth: float, profile: bool = False) -> list[dict]:
-    model = build(config, "bf16" if variant.startswith("bf16") else "w4a8-triton", device, group)
-    if variant == "w4a8-graph":
-        fuse_w4a8(model)
+    model = build(config, "bf16" if variant.startswith("bf16") else "w4a8-triton", device, group,
+                  fuse=variant == "w4a8-graph")
     rows = []
     for batch in batches:
         row = {"variant": variant, "batch": batch}

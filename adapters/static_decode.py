@@ -27,10 +27,14 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
+from kernels.autotune import triton_runs_on
+from kernels.decode_attention import decode_attention
+
 from .moe import W4A8Experts
 
 CACHE_ROUND = 256  # max_len is rounded up so that graphs are reused across close lengths
 ATTENTION = "wb_grouped_sdpa"
+DECODE_SLOT = "wb_decode_slot"  # forward kwarg that transformers hands through to the attention function
 
 
 def grouped_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -41,8 +45,14 @@ def grouped_sdpa(module, query, key, value, attention_mask, scaling=None, dropou
     (Qwen3-8B, 768 slots: 72 copies of 6 MB, 0.63 ms of a 8.4 ms step on the H100). Instead the
     g query heads of one K/V head become g * T query rows of that head (rows ordered (head, t),
     so the [T, L] mask is tiled g times), which is the same attention with K/V read once.
+
+    A decode step of StaticDecoder passes the slot it writes (`DECODE_SLOT`, a device tensor)
+    and goes to kernels.decode_attention instead, which reads the filled slots only.
     """
     b, hq, t, d = query.shape
+    slot = kwargs.get(DECODE_SLOT)
+    if t == 1 and slot is not None and triton_runs_on(query):
+        return decode_attention(query, key, value, attention_mask, slot, scaling or d ** -0.5), None
     hkv = key.shape[1]
     g = hq // hkv
     length = key.shape[-2]
@@ -148,7 +158,8 @@ class StaticDecoder:
         """One decode step on device state only (what the graph captures)."""
         self.key_mask.index_fill_(-1, self.cache.slot.view(1), 0.0)  # the slot written now
         logits = self._forward(input_ids=self.tokens, attention_mask=self.key_mask, position_ids=self.position,
-                            past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
+                            past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+                            **{DECODE_SLOT: self.cache.slot}).logits
         self.tokens.copy_(logits[:, -1].argmax(-1, keepdim=True))
         self.generated.index_copy_(1, self.count.view(1), self.tokens)
         self.count.add_(1)
