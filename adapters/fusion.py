@@ -7,12 +7,13 @@ their forward code:
   calls them one after another on the same input, so the GEMM runs on the first call);
 - gate/up become one W4A8Linear and the MLP a `FusedMLP`: GEMM, then `silu_mul_quant` (SiLU(gate)
   * up quantized to int8 in one pass), then the down GEMM on that int8 input;
-- RMSNorms in front of a fused projection become `QuantizingRMSNorm`: one kernel returns the
-  normalized x and its int8 quantization, attached to the output tensor (`attach_int8`), which the
-  next W4A8Linear takes instead of quantizing again;
+- RMSNorms in front of a fused projection become `TritonRMSNorm(quantize=True)`: one kernel
+  returns the normalized x and its int8 quantization, attached to the output tensor
+  (`attach_int8`), which the next W4A8Linear takes instead of quantizing again; Qwen3's q/k
+  norms become `TritonRMSNorm(quantize=False)`, one kernel each;
 - routed experts are stacked ([E, N, K/2]) so that they run as one grouped launch (moe.py).
-Per decode layer of Qwen3 that is 2 quantizations, 4 GEMMs and 2 norms instead of 7 quantizations,
-7 GEMMs and 2 six-kernel HF norms. Values equal the unfused path's: same int8 inputs, same
+Per decode layer of Qwen3 that is 2 quantizations, 4 GEMMs and 4 one-kernel norms instead of 7
+quantizations, 7 GEMMs and 4 six-kernel HF norms. Values equal the unfused path's: same int8 inputs, same
 weights; only fp32 summation order inside a GEMM may differ (tile and split choices).
 
 Only layers that run the Triton path without zero points are fused (the torch path and W8A8
@@ -24,7 +25,7 @@ from torch import nn
 from transformers import activations
 
 from kernels.autotune import triton_runs_on
-from kernels.fused_act import rmsnorm_quant, silu_mul_quant
+from kernels.fused_act import rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_quant
 from kernels.linear import W4A8Linear, attach_int8
 
 from .moe import W4A8Experts
@@ -104,21 +105,27 @@ class FusedMLP(nn.Module):
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-class QuantizingRMSNorm(nn.Module):
-    """transformers' RMSNorm whose output also carries its int8 quantization (attach_int8)."""
+class TritonRMSNorm(nn.Module):
+    """transformers' RMSNorm in one kernel; with `quantize`, its output also carries its int8
+    quantization (attach_int8) for the W4A8 projection after it."""
 
-    def __init__(self, norm: nn.Module):
+    def __init__(self, norm: nn.Module, quantize: bool):
         super().__init__()
-        self.weight, self.variance_epsilon = norm.weight, norm.variance_epsilon
+        self.weight, self.variance_epsilon, self.quantize = norm.weight, norm.variance_epsilon, quantize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not triton_runs_on(x) or x.dtype != self.weight.dtype:
-            xf = x.to(torch.float32)
-            return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)).to(x.dtype)
-        y, x_q, x_scale = rmsnorm_quant(x.reshape(-1, x.shape[-1]), self.weight, self.variance_epsilon)
+            return rmsnorm_ref(x, self.weight, self.variance_epsilon)
+        rows = x.reshape(-1, x.shape[-1])
+        if not self.quantize:
+            return rmsnorm(rows, self.weight, self.variance_epsilon).view(x.shape)
+        y, x_q, x_scale = rmsnorm_quant(rows, self.weight, self.variance_epsilon)
         y = y.view(x.shape)
         attach_int8(y, x_q, x_scale)
         return y
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, quantize={self.quantize}"
 
 
 def _fuse_attention(attn: nn.Module) -> bool:
@@ -147,15 +154,20 @@ def fuse_w4a8(model: nn.Module) -> dict[str, int]:
     """Fuse in place (see the module docstring); returns how many of each fusion were made."""
     made = {"qkv": 0, "mlp": 0, "norm": 0, "experts": 0}
     for layer in model.model.layers:
-        if _fuse_attention(layer.self_attn):
+        attn = layer.self_attn
+        if _fuse_attention(attn):
             made["qkv"] += 1
-            layer.input_layernorm = QuantizingRMSNorm(layer.input_layernorm)
+            layer.input_layernorm = TritonRMSNorm(layer.input_layernorm, quantize=True)
             made["norm"] += 1
+            for name in ("q_norm", "k_norm"):  # Qwen3's per-head norms
+                if hasattr(getattr(attn, name, None), "variance_epsilon"):
+                    setattr(attn, name, TritonRMSNorm(getattr(attn, name), quantize=False))
+                    made["norm"] += 1
         mlp = layer.mlp
         fused = _fused_mlp(mlp)
         if fused is not None:
             layer.mlp = fused
-            layer.post_attention_layernorm = QuantizingRMSNorm(layer.post_attention_layernorm)
+            layer.post_attention_layernorm = TritonRMSNorm(layer.post_attention_layernorm, quantize=True)
             made["mlp"] += 1
             made["norm"] += 1
             continue

@@ -1,7 +1,8 @@
 """Activation kernels fused with per-token int8 quantization (Triton): one pass, one launch.
 
 - `rmsnorm_quant(x, weight, eps)`: RMSNorm (as transformers' Qwen3/Ernie-4.5 RMSNorm computes
-  it) that also returns the int8 quantization of its output for the next W4A8 GEMM;
+  it) that also returns the int8 quantization of its output for the next W4A8 GEMM; `rmsnorm`,
+  the same without the quantization;
 - `silu_mul_quant(h)`: for h = [gate | up] (the fused gate/up GEMM's output), the int8
   quantization of SiLU(gate) * up, the down projection's input, which never reaches memory in
   high precision.
@@ -36,7 +37,7 @@ def _rmsnorm_quant_kernel(
     x_ptr, w_ptr, y_ptr, xq_ptr, scale_ptr,
     M, K, eps,
     stride_xm, stride_ym, stride_qm,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, QUANT: tl.constexpr,
 ):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
@@ -47,9 +48,10 @@ def _rmsnorm_quant_kernel(
     dtype = y_ptr.dtype.element_ty
     y = round_to(round_to(x * rstd[:, None], dtype) * w[None, :], dtype)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_k[None, :], y.to(dtype), mask=mask)
-    q, scale = quantize_rows(y)
-    tl.store(xq_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
-    tl.store(scale_ptr + offs_m, scale, mask=offs_m < M)
+    if QUANT:
+        q, scale = quantize_rows(y)
+        tl.store(xq_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
+        tl.store(scale_ptr + offs_m, scale, mask=offs_m < M)
 
 
 @triton.jit
@@ -82,18 +84,28 @@ def _rows(x: torch.Tensor, name: str) -> None:
 def rmsnorm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [M, K] -> (RMSNorm(x) * weight in x.dtype, its int8 values [M, K], scales fp32 [M, 1])."""
-    _rows(x, "rmsnorm_quant")
+    return _rmsnorm(x, weight, eps, quantize=True)
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [M, K] -> RMSNorm(x) * weight in x.dtype: one launch where transformers' RMSNorm makes
+    six or more (casts, pow, mean, rsqrt, two products); Qwen3's per-head q/k norms."""
+    return _rmsnorm(x, weight, eps, quantize=False)[0]
+
+
+def _rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool):
+    _rows(x, "rmsnorm_quant" if quantize else "rmsnorm")
     m, k = x.shape
     if weight.shape != (k,):
-        raise ValueError(f"rmsnorm_quant: weight {tuple(weight.shape)} does not match K={k}")
+        raise ValueError(f"rmsnorm: weight {tuple(weight.shape)} does not match K={k}")
     y = torch.empty_like(x)
-    x_q = torch.empty((m, k), dtype=torch.int8, device=x.device)
-    scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    x_q = torch.empty((m, k) if quantize else (0,), dtype=torch.int8, device=x.device)
+    scale = torch.empty((m, 1) if quantize else (0,), dtype=torch.float32, device=x.device)
     if m:
         block_m, block_k, warps = quant_launch_params(m, k)
         _rmsnorm_quant_kernel[(triton.cdiv(m, block_m),)](
             x, weight, y, x_q, scale, m, k, eps, x.stride(0), y.stride(0), x_q.stride(0),
-            BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps)
+            BLOCK_M=block_m, BLOCK_K=block_k, QUANT=quantize, num_warps=warps)
     return y, x_q, scale
 
 
@@ -113,12 +125,17 @@ def silu_mul_quant(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x_q, scale
 
 
+def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' RMSNorm (Qwen3, Ernie-4.5): normalized in fp32, rounded, then weighted."""
+    xf = x.to(torch.float32)
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 def rmsnorm_quant_ref(x: torch.Tensor, weight: torch.Tensor, eps: float):
     """The unfused computation (transformers' RMSNorm, then `per_token_quant_int8_ref`)."""
     from .reference import per_token_quant_int8_ref
 
-    xf = x.to(torch.float32)
-    y = weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    y = rmsnorm_ref(x, weight, eps)
     return (y, *per_token_quant_int8_ref(y))
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from adapters.fusion import FusedMLP, QuantizingRMSNorm, fuse_w4a8
+from adapters.fusion import FusedMLP, TritonRMSNorm, fuse_w4a8
 from adapters.moe import W4A8Experts
 from adapters.static_decode import _after_eos, _capturable, static_generate
 from kernels.linear import attached_int8
@@ -75,7 +75,10 @@ def test_fused_model_gives_the_unfused_logits_and_greedy_tokens(family, quant_di
     if not moe:
         assert made["mlp"] == model.config.num_hidden_layers
     assert (made["experts"] > 0) == (moe and FUSED_EXPERTS)
-    assert any(isinstance(m, QuantizingRMSNorm) for m in model.modules())
+    assert any(isinstance(m, TritonRMSNorm) for m in model.modules())
+    if family.startswith("qwen3"):  # the per-head q/k norms run as one kernel each
+        attn = model.model.layers[0].self_attn
+        assert isinstance(attn.q_norm, TritonRMSNorm) and isinstance(attn.k_norm, TritonRMSNorm)
     assert any(isinstance(m, FusedMLP) for m in model.modules()) or family == "qwen3_moe"
     # Same int8 inputs and weights; on the CPU interpreter the bits agree exactly, on a GPU the
     # fused GEMM's tiles (and split-K) may sum in another order.
@@ -109,7 +112,7 @@ def test_int8_handoff_is_dropped_after_an_in_place_change(quant_dir, device):
     layer = model.model.layers[0]
     x = torch.randn(3, model.config.hidden_size, device=device, dtype=torch.bfloat16)
     with torch.no_grad():
-        y = layer.input_layernorm(x)  # QuantizingRMSNorm: y carries its int8 quantization
+        y = layer.input_layernorm(x)  # TritonRMSNorm(quantize=True): y carries its int8 quantization
         assert attached_int8(y) is not None
         y.mul_(-2)
         assert attached_int8(y) is None
