@@ -35,19 +35,26 @@ def load_family(model_dir: str | Path, model_cls: type, model_type: str, device:
 
 @torch.no_grad()
 def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
-             attention_mask: torch.Tensor | None = None, cuda_graphs: bool = True) -> torch.Tensor:
+             attention_mask: torch.Tensor | None = None, cuda_graphs: bool = True, streamer=None) -> torch.Tensor:
     """Greedy decoding: [B, T] prompt ids -> [B, T + new] ids (stops early at EOS, padded).
 
     On CUDA (cuda_graphs=True) with a static KV cache and decode steps replayed from a CUDA graph
     (static_decode.py); otherwise HF `generate` with its dynamic cache. The same greedy decoding either
-    way (tokens can differ only where two logits tie within rounding)."""
+    way (tokens can differ only where two logits tie within rounding). `streamer` (HF's
+    `put`/`end` protocol, batch 1) receives the prompt, then each token as it is decoded."""
     device = next(model.buffers()).device
     input_ids = input_ids.to(device)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     if cuda_graphs and device.type == "cuda":
-        return static_generate(model, input_ids, max_new_tokens, attention_mask, True,
-                               model.generation_config.eos_token_id, pad)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        out = static_generate(model, input_ids, max_new_tokens, attention_mask, True,
+                              model.generation_config.eos_token_id, pad,
+                              on_token=streamer.put if streamer is not None else None)
+        if streamer is not None:
+            streamer.end()
+        return out
     return model.generate(input_ids=input_ids, attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
-                          do_sample=False, pad_token_id=pad)
+                          do_sample=False, pad_token_id=pad, streamer=streamer)

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, TextStreamer
 
+from .common import generate
 from .loader import synchronize
-from .static_decode import static_generate
 
 ADAPTERS = {"qwen3": "adapters.qwen3", "qwen3_moe": "adapters.qwen3_moe", "ernie4_5": "adapters.ernie4_5",
             "ernie4_5_moe": "adapters.ernie4_5_moe"}
@@ -67,16 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 
     streamer = _TimedStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     t1 = time.perf_counter()
-    if args.cuda_graph and torch.device(args.device).type == "cuda":
-        streamer.put(input_ids.cpu())
-        out = static_generate(model, input_ids, args.max_new_tokens, eos_token_id=model.generation_config.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id or 0, on_token=streamer.put)
-        streamer.end()
-    else:
-        with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                 max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 streamer=streamer)
+    out = generate(model, input_ids, args.max_new_tokens, cuda_graphs=args.cuda_graph, streamer=streamer)
     synchronize(args.device)
     t_end = time.perf_counter()
     new = out.shape[1] - input_ids.shape[1]
