@@ -28,7 +28,7 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
 from kernels.autotune import triton_runs_on
-from kernels.decode_attention import decode_attention
+from kernels.decode_attention import decode_attention, decode_attention_fits
 
 from .moe import W4A8Experts
 
@@ -51,7 +51,7 @@ def grouped_sdpa(module, query, key, value, attention_mask, scaling=None, dropou
     """
     b, hq, t, d = query.shape
     slot = kwargs.get(DECODE_SLOT)
-    if t == 1 and slot is not None and triton_runs_on(query):
+    if slot is not None and triton_runs_on(query) and decode_attention_fits(query, key):
         return decode_attention(query, key, value, attention_mask, slot, scaling or d ** -0.5), None
     hkv = key.shape[1]
     g = hq // hkv

@@ -94,6 +94,13 @@ def split_plan(length: int) -> tuple[int, int]:
     return chunk, splits
 
 
+def decode_attention_fits(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """Whether decode_attention takes these shapes: one query token, whole GQA groups, and a
+    power-of-two head_dim >= 16 (`tl.dot` and `tl.arange` sizes)."""
+    d = query.shape[-1]
+    return query.shape[2] == 1 and query.shape[1] % key.shape[1] == 0 and d >= 16 and d & (d - 1) == 0
+
+
 def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor,
                      slot: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention of one new token per row over cache slots [0, slot].
@@ -104,7 +111,7 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     attention functions return)."""
     b, hq, t, d = query.shape
     hkv, length = key.shape[1], key.shape[2]
-    if t != 1 or hq % hkv or d & (d - 1) or d < 16:
+    if not decode_attention_fits(query, key):
         raise ValueError(f"decode_attention takes one query token and a power-of-two head_dim >= 16: "
                          f"query {tuple(query.shape)}, key {tuple(key.shape)}")
     g = hq // hkv

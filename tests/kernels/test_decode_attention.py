@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.decode_attention import decode_attention, split_plan
+from kernels.decode_attention import decode_attention, decode_attention_fits, split_plan
 
 
 def sdpa_reference(query, key, value, key_mask, slot: int, scale: float) -> torch.Tensor:
@@ -64,3 +64,11 @@ def test_rejects_more_than_one_query_token(device):
     kv = torch.zeros(1, 1, 256, 16, device=device)
     with pytest.raises(ValueError, match="one query token"):
         decode_attention(q, kv, kv, torch.zeros(1, 1, 1, 256, device=device), torch.tensor(0, device=device), 1.0)
+
+
+def test_fits_names_the_shapes_it_takes():
+    kv = torch.zeros(1, 2, 256, 128)
+    assert decode_attention_fits(torch.zeros(1, 8, 1, 128), kv)
+    assert not decode_attention_fits(torch.zeros(1, 8, 2, 128), kv)  # prefill: SDPA
+    assert not decode_attention_fits(torch.zeros(1, 8, 1, 80), torch.zeros(1, 2, 256, 80))  # head_dim 80
+    assert not decode_attention_fits(torch.zeros(1, 3, 1, 128), kv)  # 3 query heads over 2 K/V heads
