@@ -7,8 +7,9 @@ replayed: one CPU call per token.
 
 What a graph needs, and how the step provides it:
 - fixed shapes and addresses: `StaticKVCache` holds [B, kv_heads, L, head_dim] per layer for the
-  whole generation; the query sees all L slots through an additive mask whose unused slots are
-  the dtype's minimum (exactly 0 after softmax);
+  whole generation; an additive mask (the dtype's minimum on unused and padded slots, exactly 0
+  after softmax) covers all L slots, and the decode step's attention kernel
+  (kernels/decode_attention.py) reads the slots up to the one written, from a device tensor;
 - no host syncs: the write slot, positions and the next token live in device tensors that the
   graph itself advances (`index_copy_`, `add_`), so the host only calls `replay()`;
 - the same code outside the graph: `StaticDecoder.step` is an ordinary function; the first
