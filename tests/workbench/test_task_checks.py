@@ -205,3 +205,13 @@ def test_validate_every_task(tmp_path):
     result = CliRunner().invoke(app, ["validate", *tasks, "--root", str(tmp_path)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "5 task(s) valid" in result.output and "NOT valid" not in result.output
+
+
+def test_steps_before_tie_counts_clear_greedy_steps():
+    import torch
+
+    from workbench.checks.model_checks import _steps_before_tie
+
+    assert _steps_before_tie(torch.tensor([0.9, 0.5, 0.01, 0.8]), tie=0.05) == 2
+    assert _steps_before_tie(torch.tensor([0.9, 0.5]), tie=0.05) == 2
+    assert _steps_before_tie(torch.tensor([0.0, 0.5]), tie=0.05) == 0

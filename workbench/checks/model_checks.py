@@ -159,16 +159,20 @@ def check_deterministic_output(spec: TaskSpec, check: CheckSpec, tree: Path) -> 
         return CheckResult(**fail, summary="greedy tokens differ between two fresh processes (unseeded randomness, "
                            "uninitialized memory?)", details={"run1": first.tolist(),
                                                                "run2": runs[1].tensors["first"].tolist()})
-    if not torch.equal(first[:1], alone):
-        return CheckResult(**fail, summary="a prompt generates different tokens alone than as row 0 of a batch",
-                           details={"batched": first[:1].tolist(), "alone": alone.tolist()})
     ref = _reference(started, spec, timeout, "margins").tensors
     tie = check.params.get("tie_fraction", 0.05) * float(ref["logit_std"])
     prompt_len = args["prompts_shape"][1]
+    # steps before the reference's first near-tie, per row: later tokens may differ legitimately
+    clear = [_steps_before_tie(ref["margins"][row], tie) for row in range(first.shape[0])]
+    # Alone vs batched changes GEMM shapes (per expert too), so fp32 summation order: compared,
+    # like the reference, up to the first near-tie (the gold Qwen3-MoE port failed the exact
+    # comparison in one CI run, on a fresh check seed).
+    end = prompt_len + clear[0]
+    if not torch.equal(first[:1, :end], alone[:, :end]):
+        return CheckResult(**fail, summary="a prompt generates different tokens alone than as row 0 of a batch "
+                           "(before any near-tie)", details={"batched": first[:1].tolist(), "alone": alone.tolist()})
     for row in range(first.shape[0]):
-        for step in range(ref["margins"].shape[1]):
-            if ref["margins"][row, step] < tie:
-                break  # a near-tie in the reference: later tokens may differ legitimately
+        for step in range(clear[row]):
             got, want = int(first[row, prompt_len + step]), int(ref["tokens"][row, prompt_len + step])
             if got != want:
                 return CheckResult(name=name, status="fail", category="diverges_from_reference",
@@ -177,6 +181,12 @@ def check_deterministic_output(spec: TaskSpec, check: CheckSpec, tree: Path) -> 
                                    details={"port": first.tolist(), "reference": ref["tokens"].tolist()})
     return CheckResult(name=name, status="pass", summary="greedy tokens are identical across calls, processes and "
                        "batching, and match the reference up to its first near-tie")
+
+
+def _steps_before_tie(margins: torch.Tensor, tie: float) -> int:
+    """How many greedy steps come before the first whose top-1 minus top-2 margin is under `tie`."""
+    ties = (margins < tie).nonzero()
+    return int(ties[0, 0]) if len(ties) else margins.shape[0]
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
