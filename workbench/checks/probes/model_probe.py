@@ -122,9 +122,9 @@ class Probe:
         processes the first call's rotary table (model.rotary_emb, the first module whose output
         differed) came out apart from the second and third calls', which agreed, and an expert
         choice flipped downstream moved the logits by 0.39 (16% of the largest). As `perturb`'s
-        reference that made every perturbed tensor look used (a dead q_norm passed) or, through
-        the reload noise, every tensor look dead (the gold port failed). After a [1, 8] warm-up
-        forward, 24 of 24 processes agreed. A port that fails here is left for the ops to report."""
+        reference that can make every perturbed tensor look used or, through the reload noise,
+        every tensor look dead (the gold port failed so in CI). After a [1, 8] warm-up forward,
+        24 of 24 processes agreed. A port that fails here is left for the ops to report."""
         try:
             self.load()(self.ids(1, 8, seed=0))
         except Exception:
