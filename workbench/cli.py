@@ -1,5 +1,6 @@
 """`workbench` command line: parse, build config, call the library."""
 
+import json
 from pathlib import Path
 
 import typer
@@ -116,7 +117,6 @@ def check(
     """Run TASK's acceptance checks on a tree or a workspace branch; exit 0 only if every check
     passes (or is skipped, like kernel_perf without a GPU)."""
     import contextlib
-    import json
 
     from .checks.runner import run_checks
     from .checks.result import accepted
@@ -147,6 +147,13 @@ def check(
         raise typer.Exit(1)
 
 
+def failure_details(results: list, limit: int = 2000) -> list[str]:
+    """A line per check not accepted, with its details as JSON cut at `limit` characters: the
+    tokens or tensors a CI log needs to tell a flake from a bug."""
+    return [f"{r.name} {r.status}: {json.dumps(r.details, default=str)[:limit]}"
+            for r in results if not r.accepted and r.details]
+
+
 @app.command()
 def validate(
     task_files: list[Path] = typer.Argument(..., help="task YAML files"),
@@ -168,6 +175,8 @@ def validate(
         console.print(table)
         if not result.ok:
             failed.append(spec.id)
+            for line in failure_details(result.gold):
+                console.print(f"{spec.id} gold {line}", markup=False, highlight=False)
     if failed:
         console.print(f"[red]not valid: {', '.join(failed)}[/red]")
         raise typer.Exit(1)
