@@ -32,7 +32,7 @@ MAX_SPLITS = 32  # chunks per (batch, kv head); stage 2 holds them all in regist
 @triton.jit
 def _split_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, slot_ptr, part_ptr, lse_ptr,
-    L, chunk, scale,
+    chunk, scale,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, stride_mb,
     G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -112,8 +112,8 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     b, hq, t, d = query.shape
     hkv, length = key.shape[1], key.shape[2]
     if not decode_attention_fits(query, key):
-        raise ValueError(f"decode_attention takes one query token and a power-of-two head_dim >= 16: "
-                         f"query {tuple(query.shape)}, key {tuple(key.shape)}")
+        raise ValueError(f"decode_attention takes one query token, whole GQA groups and a power-of-two "
+                         f"head_dim >= 16: query {tuple(query.shape)}, key {tuple(key.shape)}")
     g = hq // hkv
     chunk, splits = split_plan(length)
     mask = key_mask.reshape(key_mask.shape[0], key_mask.shape[-1])
@@ -124,7 +124,7 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     out = torch.empty((b, 1, hq, d), dtype=query.dtype, device=query.device)
     _split_kernel[(b, hkv, splits)](
         query, key, value, mask, slot, part, lse,
-        length, chunk, scale,
+        chunk, scale,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), mask.stride(0) if mask.shape[0] > 1 else 0,
         G=g, G_PAD=max(16, triton.next_power_of_2(g)), D=d, SPLITS=splits, BLOCK=BLOCK_N,
