@@ -10,7 +10,8 @@ their forward code:
 - RMSNorms in front of a fused projection become `TritonRMSNorm(quantize=True)`: one kernel
   returns the normalized x and its int8 quantization, attached to the output tensor
   (`attach_int8`), which the next W4A8Linear takes instead of quantizing again; Qwen3's q/k
-  norms become `TritonRMSNorm(quantize=False)`, one kernel each;
+  norms become `TritonRMSNorm(quantize=False)`, one kernel each, and the attention module gets a
+  decode step of four launches (decode_step_attention.py);
 - routed experts are stacked ([E, N, K/2]) so that they run as one grouped launch (moe.py).
 Per decode layer of Qwen3 that is 2 quantizations, 4 GEMMs and 4 one-kernel norms instead of 7
 quantizations, 7 GEMMs and 4 six-kernel HF norms. Values equal the unfused path's: same int8 inputs, same
@@ -28,6 +29,7 @@ from kernels.autotune import triton_runs_on
 from kernels.fused_act import rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_quant
 from kernels.linear import W4A8Linear, attach_int8
 
+from .decode_step_attention import enable_decode_step
 from .moe import W4A8Experts
 
 _SILU = (nn.SiLU, getattr(activations, "SiLUActivation", nn.SiLU))  # ACT2FN["silu"] in 4.57 / 5.x
@@ -152,17 +154,20 @@ def _fused_mlp(mlp: nn.Module) -> FusedMLP | None:
 @torch.no_grad()
 def fuse_w4a8(model: nn.Module) -> dict[str, int]:
     """Fuse in place (see the module docstring); returns how many of each fusion were made."""
-    made = {"qkv": 0, "mlp": 0, "norm": 0, "experts": 0}
+    made = {"qkv": 0, "mlp": 0, "norm": 0, "experts": 0, "decode_step": 0}
     for layer in model.model.layers:
         attn = layer.self_attn
         if _fuse_attention(attn):
             made["qkv"] += 1
             layer.input_layernorm = TritonRMSNorm(layer.input_layernorm, quantize=True)
             made["norm"] += 1
-            for name in ("q_norm", "k_norm"):  # Qwen3's per-head norms
-                if hasattr(getattr(attn, name, None), "variance_epsilon"):
-                    setattr(attn, name, TritonRMSNorm(getattr(attn, name), quantize=False))
-                    made["norm"] += 1
+            qk_norms = [name for name in ("q_norm", "k_norm")  # Qwen3's per-head norms
+                        if hasattr(getattr(attn, name, None), "variance_epsilon")]
+            for name in qk_norms:
+                setattr(attn, name, TritonRMSNorm(getattr(attn, name), quantize=False))
+                made["norm"] += 1
+            if len(qk_norms) == 2 and enable_decode_step(attn):
+                made["decode_step"] += 1
         mlp = layer.mlp
         fused = _fused_mlp(mlp)
         if fused is not None:

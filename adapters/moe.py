@@ -10,8 +10,8 @@ router (kept exact, in HF's module) has already chosen the experts.
 Two ways to run them, the same values:
 - grouped (after `stack()`, which fusion.py calls for W4A8 experts on the Triton path): the
   experts' buffers become views of stacked [E, ...] tensors and all experts run in two launches
-  of `kernels.w4a8_moe` (gate/up, down) with `silu_mul_quant` between, no host sync (so a
-  decode step can be captured in a CUDA graph);
+  of `kernels.w4a8_moe` (gate/up, down; routed tiles, or for a few slots the dp4a GEMV) with
+  `silu_mul_quant` between, no host sync (so a decode step can be captured in a CUDA graph);
 - loop: tokens sorted by expert and each expert run once on all of its tokens (at most E
   launches, not one per token); needs the per-expert counts on the host.
 The k expert outputs of a token are summed in a fixed order, so repeated identical requests
@@ -28,7 +28,7 @@ from kernels.autotune import triton_runs_on
 from kernels.act_quant import per_token_quant_int8
 from kernels.fused_act import silu_mul_quant
 from kernels.linear import W4A8Linear
-from kernels.w4a8_moe import route_by_expert, w4a8_moe_gemm
+from kernels.w4a8_moe import GEMV_MAX_SLOTS, route_by_expert, w4a8_moe_gemm, w4a8_moe_gemv
 
 
 class ExpertMLP(nn.Module):
@@ -75,14 +75,15 @@ class W4A8Experts(nn.ModuleList):
 
     def _grouped(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor) -> torch.Tensor:
         """[T*k, H] expert outputs in (token, slot) order, unweighted, in two grouped launches."""
-        st, top_k = self.stacked, top_k_index.shape[1]
-        routing = route_by_expert(top_k_index, len(self))
-        group = self[0].gate_proj.group_size
+        st, top_k, dtype = self.stacked, top_k_index.shape[1], hidden_states.dtype
+        group, down_group = self[0].gate_proj.group_size, self[0].down_proj.group_size
         x_q, x_scale = per_token_quant_int8(hidden_states)
-        h = w4a8_moe_gemm(x_q, x_scale, st["w13"], st["s13"], routing, group, top_k, hidden_states.dtype)
-        a_q, a_scale = silu_mul_quant(h)
-        return w4a8_moe_gemm(a_q, a_scale, st["w2"], st["s2"], routing, self[0].down_proj.group_size, 1,
-                             hidden_states.dtype)
+        if top_k_index.numel() <= GEMV_MAX_SLOTS and x_q.shape[1] % 4 == 0 and st["w13"].shape[1] % 8 == 0:
+            h = w4a8_moe_gemv(x_q, x_scale, st["w13"], st["s13"], top_k_index, group, top_k, dtype)
+            return w4a8_moe_gemv(*silu_mul_quant(h), st["w2"], st["s2"], top_k_index, down_group, 1, dtype)
+        routing = route_by_expert(top_k_index, len(self))
+        h = w4a8_moe_gemm(x_q, x_scale, st["w13"], st["s13"], routing, group, top_k, dtype)
+        return w4a8_moe_gemm(*silu_mul_quant(h), st["w2"], st["s2"], routing, down_group, 1, dtype)
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:

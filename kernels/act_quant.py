@@ -57,10 +57,13 @@ def _per_token_quant_int8_kernel(
 
 def quant_launch_params(m: int, k: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_K, num_warps) for x [m, k]: whole rows per program, several when K is small
-    (~8K elements per program in registers)."""
+    (~8K elements per program in registers). A decode row is one program on one SM, bound by its
+    instruction latency: one warp per 256 elements (up to 32) measured fastest on an H100 (K =
+    12288 SiLU-mul-quant: 18.1 us with 4 warps, 10.0 with 8, 7.6 with 32; K = 4096 RMSNorm-quant:
+    4.2 us with 4, 3.4 with 16)."""
     block_k = triton.next_power_of_2(max(k, 16))
     block_m = max(1, min(16, 8192 // block_k, triton.next_power_of_2(m)))
-    return block_m, block_k, 4 if block_k * block_m <= 4096 else 8
+    return block_m, block_k, min(32, max(4, block_m * block_k // 256))
 
 
 def per_token_quant_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

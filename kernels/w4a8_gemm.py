@@ -20,6 +20,7 @@ Configs come from `autotune.pick_config`, keyed on bucketed M and cached per GPU
 """
 
 import functools
+import itertools
 import weakref
 
 import torch
@@ -27,13 +28,15 @@ import triton
 import triton.language as tl
 
 from .act_quant import _per_token_quant_int8_kernel, per_token_quant_int8, quant_launch_params
-from .autotune import m_bucket, pick_config
+from .autotune import GRAPH_CALLS, interpreting, m_bucket, pick_config
 from .launch import Launcher
 from .packing import padded_k
 from .reference import check_group_size
+from .w4a8_gemv import GEMV_MAX_M, _w4a8_gemv_kernel, gemv_configs, gemv_grid, is_gemv, launch_gemv
 from .w8a8_gemm import grouped_tile
 
 DECODE_MAX_M = 16
+TUNE_ROTATE_BYTES = 128 << 20  # > 2x the 50-60 MB L2 of H100/H200
 
 
 @triton.jit
@@ -155,6 +158,12 @@ def candidate_configs(m: int, n: int, k: int, group_size: int, device: torch.dev
     bk_max = 512 if group_size == -1 else 2 * group_size  # each half of a step within one group
     k_pad = padded_k(k, group_size)
     configs = []
+    gemv = gemv_configs(m, n, k_pad, group_size, _sm_count(device)) if m <= GEMV_MAX_M and k % 4 == 0 else []
+    # The dp4a GEMV (w4a8_gemv.py) won at M <= 4 on every Qwen3 layer on the H100: first on a GPU.
+    # The interpreter runs programs one by one in Python, and the GEMV's many small programs made
+    # the CPU test suite's decoding 4x slower: there the tensor-core tile stays the default.
+    if not interpreting():
+        configs += gemv
     if m <= DECODE_MAX_M:
         sms = _sm_count(device)
         # Measured on an H100 (8B/32B layers, M = 1..16): BLOCK_N = 64 with 128-byte K steps
@@ -168,7 +177,7 @@ def candidate_configs(m: int, n: int, k: int, group_size: int, device: torch.dev
                 config = dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, GROUP_N=1, num_warps=4, num_stages=3)
                 if config not in configs:
                     configs.append(config)
-        return configs
+        return configs + (gemv if interpreting() else [])
     tiles = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_N is wgmma's M side
         (128, 64, 256, 4, 3), (128, 128, 128, 4, 4), (128, 128, 256, 8, 4), (128, 128, 256, 8, 3),
         (256, 128, 128, 8, 3), (64, 128, 256, 4, 4), (64, 64, 256, 4, 4), (32, 128, 256, 4, 4),
@@ -193,17 +202,18 @@ def _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config
     split = config["SPLIT_K"]
     out = torch.empty((m, n), dtype=out_dtype, device=x_q.device)
     target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x_q.device)
-    stride_os = 0 if split == 1 else target.stride(0)
-    grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), split)
-    _w4a8_gemm_kernel[grid](
-        x_q, x_scale, packed_w, w_scale, bias if bias is not None else w_scale, target,
-        m, n, k, packed_w.shape[1],
-        x_q.stride(0), x_q.stride(1), x_scale.stride(0),
-        packed_w.stride(0), packed_w.stride(1),
-        w_scale.stride(0), w_scale.stride(1),
-        stride_os, target.stride(-2), target.stride(-1),
-        GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, **config,
-    )
+    if is_gemv(config):
+        launch_gemv(x_q, x_scale, packed_w, w_scale, bias, group_size, target, config)
+    else:
+        _w4a8_gemm_kernel[(triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), split)](
+            x_q, x_scale, packed_w, w_scale, bias if bias is not None else w_scale, target,
+            m, n, k, packed_w.shape[1],
+            x_q.stride(0), x_q.stride(1), x_scale.stride(0),
+            packed_w.stride(0), packed_w.stride(1),
+            w_scale.stride(0), w_scale.stride(1),
+            0 if split == 1 else target.stride(0), target.stride(-2), target.stride(-1),
+            GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, **config,
+        )
     if split > 1:
         block_n = 256
         _split_k_reduce_kernel[(m, triton.cdiv(n, block_n))](
@@ -219,9 +229,20 @@ def tuned_config(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tenso
     """The autotuned launch config for this problem (keyed on N, K, group, bucketed M, dtype)."""
     (m, k), n = x_q.shape, packed_w.shape[0]
     key = f"w4a8|N{n}|K{k}|g{group_size}|M{m_bucket(m)}|{out_dtype}"
-    return pick_config(key, candidate_configs(m_bucket(m), n, k, group_size, x_q.device),
-                       lambda cfg: _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, cfg),
-                       x_q.device)
+    candidates = candidate_configs(m_bucket(m), n, k, group_size, x_q.device)
+    weights, turn = [], itertools.count()
+
+    def launch(config: dict) -> None:  # only called when tuning: a cache hit makes no copies
+        if not weights:
+            weights.append((packed_w, w_scale))
+            if m <= DECODE_MAX_M and x_q.is_cuda:
+                # Decode reads each weight from HBM once per step; a layer smaller than L2 timed on
+                # one copy would be timed from cache. The timed graph rotates over copies instead.
+                copies = min(GRAPH_CALLS, -(-TUNE_ROTATE_BYTES // packed_w.numel())) - 1
+                weights.extend((packed_w.clone(), w_scale.clone()) for _ in range(copies))
+        _launch(x_q, x_scale, *weights[next(turn) % len(weights)], bias, group_size, out_dtype, config)
+
+    return pick_config(key, candidates, launch, x_q.device)
 
 
 def _check(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, group_size: int,
@@ -297,8 +318,15 @@ class DecodePlan:
         self.quant_grid = (triton.cdiv(m, block_m), 1, 1)  # Launcher grids have 3 entries
         self.quant = Launcher(_per_token_quant_int8_kernel, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps)
         self.split = config["SPLIT_K"]
-        self.grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), self.split, 1)
-        self.gemm = Launcher(_w4a8_gemm_kernel, GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, **config)
+        self.gemv = is_gemv(config)
+        if self.gemv:
+            self.grid = gemv_grid(n, config)
+            self.gemm = Launcher(_w4a8_gemv_kernel, GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None,
+                                 ASM=not interpreting(), **config)
+        else:
+            self.grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), self.split, 1)
+            self.gemm = Launcher(_w4a8_gemm_kernel, GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None,
+                                 **config)
         self.reduce_grid = (m, triton.cdiv(n, 256), 1)
         self.reduce = Launcher(_split_k_reduce_kernel, HAS_BIAS=bias is not None, SPLIT_K=self.split, BLOCK_N=256)
 
@@ -325,15 +353,18 @@ class DecodePlan:
         """The GEMM (and reduction) for x_q int8 [m, k] contiguous, x_scale fp32 [m, 1]."""
         m, n, k, dev = self.m, self.n, self.k, self.device
         out = torch.empty((m, n), dtype=self.x_dtype, device=dev)
+        target = out if self.split == 1 else torch.empty((self.split, m, n), dtype=torch.float32, device=dev)
+        stride_os = 0 if self.split == 1 else m * n
+        bias_arg = bias if bias is not None else w_scale
         sw0, sw1, ss0, ss1 = self.w_strides
-        if self.split == 1:
-            self.gemm(self.grid, x_q, x_scale, packed_w, w_scale, bias if bias is not None else w_scale, out,
-                      m, n, k, self.k_half, k, 1, 1, sw0, sw1, ss0, ss1, 0, n, 1)
-            return out
-        part = torch.empty((self.split, m, n), dtype=torch.float32, device=dev)
-        self.gemm(self.grid, x_q, x_scale, packed_w, w_scale, bias if bias is not None else w_scale, part,
-                  m, n, k, self.k_half, k, 1, 1, sw0, sw1, ss0, ss1, m * n, n, 1)
-        self.reduce(self.reduce_grid, part, bias if bias is not None else part, out, m, n, m * n, n, n, 1)
+        if self.gemv:  # the int32-word views launch_gemv passes
+            self.gemm(self.grid, x_q.view(torch.int32), x_scale, packed_w.view(torch.int32), w_scale, bias_arg, target,
+                      m, n, self.k_half // 4, k // 4, k // 4, 1, sw0 // 4, ss0, ss1, stride_os, n)
+        else:
+            self.gemm(self.grid, x_q, x_scale, packed_w, w_scale, bias_arg, target,
+                      m, n, k, self.k_half, k, 1, 1, sw0, sw1, ss0, ss1, stride_os, n, 1)
+        if self.split > 1:
+            self.reduce(self.reduce_grid, target, bias if bias is not None else target, out, m, n, m * n, n, n, 1)
         return out
 
 

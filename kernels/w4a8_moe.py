@@ -14,6 +14,11 @@ Everything stays on the device, with no host sync: the grid is sized for the wor
 once. That is what lets a decode step with MoE layers be captured in a CUDA graph; the loop over
 experts in adapters/moe.py needs the per-expert counts on the host. At decode (T=1, k=8) it is
 8 blocks of one valid row each: the cost is reading the 8 experts' weights, as for a dense GEMM.
+
+For a few slots (decode at batch 1-2), `w4a8_moe_gemv` skips the routing: one program per (slot,
+N tile) reads the slot's expert id and runs the dp4a GEMV loop (w4a8_gemv.py) on that expert's
+weights. The ~10 torch ops of `route_by_expert` cost more than the GEMMs there (Qwen3-30B-A3B: 48
+layers, 8 slots of 128 experts per token).
 """
 
 from dataclasses import dataclass
@@ -22,7 +27,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .autotune import interpreting
 from .w4a8_gemm import w4a8_tile
+from .w4a8_gemv import gemv_tile, word_view
+
+GEMV_MAX_SLOTS = 16  # up to this many (token, expert) slots, `w4a8_moe_gemv` (no routing) runs instead
 
 
 @dataclass
@@ -132,3 +141,49 @@ def w4a8_moe_gemm(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tens
     )
     return out
 
+
+
+@triton.jit
+def _w4a8_moe_gemv_kernel(
+    # pointers (xq and w as int32 words)
+    xq_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, expert_ptr,
+    # sizes, in words (see _w4a8_gemv_kernel)
+    N, W_HALF, X_WORDS,
+    # strides (xq and w in words)
+    stride_xm, stride_we, stride_wn, stride_se, stride_sg, stride_om,
+    # meta-parameters
+    ROW_DIV: tl.constexpr, GROUP_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+    ASM: tl.constexpr,
+):
+    slot = tl.program_id(0)
+    expert = tl.load(expert_ptr + slot).to(tl.int64)
+    row = slot // ROW_DIV
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    acc = gemv_tile(xq_ptr + row * stride_xm, 0, 1, w_ptr + expert * stride_we + offs_n[:, None] * stride_wn,
+                    ws_ptr + expert * stride_se + offs_n, stride_sg, mask_n, W_HALF, X_WORDS,
+                    0, tl.cdiv(W_HALF, BLOCK_W), GROUP_SIZE, 1, BLOCK_N, BLOCK_W, ASM)
+    out = tl.sum(acc, axis=1) * (tl.load(xs_ptr + row) * 0.0625)  # one row; 16 * q nibbles
+    tl.store(out_ptr + slot * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+def w4a8_moe_gemv(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
+                  top_k_index: torch.Tensor, group_size: int, row_div: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """`w4a8_moe_gemm`'s result for few slots, without routing: out[s] = x[s // row_div] . W[e_s]^T
+    with e_s = top_k_index.flatten()[s]; x_q's K a multiple of 4 (int32 words)."""
+    e, n, k_half = packed_w.shape
+    k = x_q.shape[1]
+    experts = top_k_index.reshape(-1)
+    out = torch.empty((experts.numel(), n), dtype=out_dtype, device=x_q.device)
+    if experts.numel() == 0:
+        return out
+    xw, ww = word_view(x_q), packed_w.view(torch.int32)
+    block_n, block_w = 16, min(32, k_half // 4, 32 if group_size == -1 else group_size // 4)
+    _w4a8_moe_gemv_kernel[(experts.numel(), triton.cdiv(n, block_n))](
+        xw, x_scale, ww, w_scale, out, experts,
+        n, k_half // 4, k // 4,
+        xw.stride(0), ww.stride(0), ww.stride(1), w_scale.stride(0), w_scale.stride(1), out.stride(0),
+        ROW_DIV=row_div, GROUP_SIZE=max(group_size, 0), BLOCK_N=block_n, BLOCK_W=block_w,
+        ASM=not interpreting(), num_warps=4,
+    )
+    return out

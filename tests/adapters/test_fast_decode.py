@@ -13,7 +13,9 @@ import transformers
 
 from adapters.fusion import FusedMLP, TritonRMSNorm, fuse_w4a8
 from adapters.moe import W4A8Experts
-from adapters.static_decode import _after_eos, _capturable, static_generate
+from adapters.decode_step_attention import DecodeStepAttention
+from adapters.static_decode import DECODE_SLOT, StaticKVCache, _after_eos, _capturable, static_generate
+from kernels import w4a8_moe
 from kernels.linear import attached_int8
 
 from .test_adapters import FAMILIES
@@ -71,6 +73,7 @@ def test_fused_model_gives_the_unfused_logits_and_greedy_tokens(family, quant_di
         made = fuse_w4a8(model)
         fused_logits = model(input_ids=ids, attention_mask=mask).logits
     assert made["qkv"] == model.config.num_hidden_layers and made["norm"] >= made["qkv"]
+    assert made["decode_step"] == (made["qkv"] if family.startswith("qwen3") else 0)
     moe = family.endswith("moe")
     if not moe:
         assert made["mlp"] == model.config.num_hidden_layers
@@ -88,13 +91,50 @@ def test_fused_model_gives_the_unfused_logits_and_greedy_tokens(family, quant_di
     assert_greedy(reference, ids, mask, static_generate(model, ids, 5, mask, use_graph=False))
 
 
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+def test_decode_step_attention_matches_transformers_forward(family, quant_dir, device):
+    """The four-launch decode step of a fused Qwen3 attention layer gives transformers' output and
+    writes the same K/V into the cache slot."""
+    model = load(family, quant_dir(family), device, fuse=True)
+    attn = model.model.layers[1].self_attn
+    assert isinstance(attn, DecodeStepAttention)
+    config = model.config
+    b, slot = 2, 5
+    hidden = torch.randn(b, 1, config.hidden_size, device=device, dtype=torch.bfloat16)
+    position = torch.tensor([[5], [3]], device=device)
+    position_embeddings = model.model.rotary_emb(hidden, position)
+    mask = torch.zeros(b, 1, 1, 16, device=device, dtype=torch.bfloat16)
+    mask[..., slot + 1:] = torch.finfo(torch.bfloat16).min
+    mask[1, ..., :2] = torch.finfo(torch.bfloat16).min  # left padding in row 1
+    caches = []
+    for _ in range(2):
+        cache = StaticKVCache(config.num_hidden_layers, b, config.num_key_value_heads, 16, attn.head_dim,
+                              torch.bfloat16, torch.device(device))
+        torch.manual_seed(0)
+        for t in cache.keys + cache.values:
+            t.copy_(torch.randn(t.shape))
+        cache.slot.fill_(slot)
+        caches.append(cache)
+    with torch.no_grad():
+        fast, _ = attn(hidden, position_embeddings, mask, caches[0], **{DECODE_SLOT: caches[0].slot})
+        hf, _ = attn(hidden, position_embeddings, mask, caches[1])  # no slot kwarg: transformers' forward
+    torch.testing.assert_close(fast.float(), hf.float(), rtol=2e-2, atol=2e-2 * hf.abs().max().item())
+    fast_k, hf_k = caches[0].keys[1], caches[1].keys[1]
+    torch.testing.assert_close(fast_k.float(), hf_k.float(), rtol=2**-7, atol=2**-7)
+    assert torch.equal(caches[0].values[1], caches[1].values[1])
+    assert torch.equal(caches[0].keys[0], caches[1].keys[0]), "layer 1 wrote layer 0's cache"
+
+
 @pytest.mark.skipif(not FUSED_EXPERTS, reason="transformers 4.x runs experts as its own per-expert modules: "
                     "no W4A8Experts to group")
-def test_grouped_experts_match_the_expert_loop(quant_dir, device):
+@pytest.mark.parametrize("tokens", [2, 9])  # 2 tokens: the few-slot GEMV; 9: routed tiles
+def test_grouped_experts_match_the_expert_loop(quant_dir, device, tokens):
     model = load("qwen3_moe", quant_dir("qwen3_moe"), device, fuse=False)
     experts = next(m for m in model.modules() if isinstance(m, W4A8Experts))
-    hidden = torch.randn(7, model.config.hidden_size, device=device, dtype=torch.bfloat16)
-    top_k_index = torch.randint(0, len(experts), (7, model.config.num_experts_per_tok), device=device)
+    k = model.config.num_experts_per_tok
+    assert (tokens * k <= w4a8_moe.GEMV_MAX_SLOTS) == (tokens == 2)
+    hidden = torch.randn(tokens, model.config.hidden_size, device=device, dtype=torch.bfloat16)
+    top_k_index = torch.randint(0, len(experts), (tokens, k), device=device)
     top_k_index[0] = torch.arange(top_k_index.shape[1])  # several tokens on one expert, some experts idle
     top_k_index[1] = top_k_index[0]
     weights = torch.rand(top_k_index.shape, device=device).softmax(-1)
