@@ -16,6 +16,8 @@ Two launch strategies, chosen by M:
   that a second kernel sums in a fixed order: deterministic, unlike atomics, whose order flips
   greedy ties between identical requests;
 - prefill (M > 16): classic tiled GEMM, grouped program order for L2 reuse of weight tiles.
+For M <= 4 the candidates also hold the dp4a GEMV of w4a8_gemv.py (CUDA cores, no MMA padding),
+which the autotuner picked on every Qwen3 layer of the H100 at M = 1 and 4.
 Configs come from `autotune.pick_config`, keyed on bucketed M and cached per GPU name.
 """
 
