@@ -1,7 +1,7 @@
 """Fewer launches per layer: fused projections and fused activation quantization, after loading.
 
 `fuse_w4a8(model)` rewrites a loaded W4A8 model in place, keeping transformers' modules and
-their forward code:
+their forward code (but for Qwen3 attention's static-cache decode step, see below):
 - q/k/v become one W4A8Linear (weights concatenated along N); q_proj, k_proj and v_proj become
   `ProjectionSlice`s that return their columns of the one GEMM's output (the attention code
   calls them one after another on the same input, so the GEMM runs on the first call);
