@@ -13,8 +13,7 @@ unpacked weight is the A operand, which wgmma can read from registers. Scales ar
 Two launch strategies, chosen by M:
 - decode (M <= 16): BLOCK_M = 16 and split-K, so that a GEMV-shaped problem still puts a few
   hundred programs on 132 SMs (weight bandwidth is the whole cost). Splits write fp32 partials
-  that a second kernel sums in a fixed order: deterministic, unlike atomics, whose order flips
-  greedy ties between identical requests;
+  that a second kernel sums in a fixed order (split_k.py);
 - prefill (M > 16): classic tiled GEMM, grouped program order for L2 reuse of weight tiles.
 For M <= 4 the candidates also hold the dp4a GEMV of w4a8_gemv.py (CUDA cores, no MMA padding),
 which the autotuner picked on every Qwen3 layer of the H100 at M = 1 and 4.
@@ -34,6 +33,7 @@ from .autotune import GRAPH_CALLS, interpreting, m_bucket, pick_config
 from .launch import Launcher
 from .packing import padded_k
 from .reference import check_group_size
+from .split_k import _split_k_reduce_kernel, reduce_split_k, split_range, store_tile
 from .w4a8_gemv import GEMV_MAX_M, _w4a8_gemv_kernel, gemv_configs, gemv_grid, is_gemv, launch_gemv
 from .w8a8_gemm import grouped_tile
 
@@ -107,44 +107,13 @@ def _w4a8_gemm_kernel(
     x_col = xq_ptr + offs_m[None, :] * stride_xm
     w_row = w_ptr + offs_n[:, None] * stride_wn
 
-    n_iters = tl.cdiv(K_HALF, BLOCK_K // 2)
-    iters_per_split = tl.cdiv(n_iters, SPLIT_K)
-    it_start = pid_k * iters_per_split
-    it_end = tl.minimum(it_start + iters_per_split, n_iters)
+    it_start, it_end = split_range(tl.cdiv(K_HALF, BLOCK_K // 2), SPLIT_K)
     acc = w4a8_tile(x_col, stride_xk, mask_m, w_row, stride_wb, ws_ptr + offs_n * stride_sn, stride_sg, mask_n,
                     K, K_HALF, it_start, it_end, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SIZE)
     x_scale = tl.load(xs_ptr + offs_m * stride_xsm, mask=mask_m, other=0.0)
     out = acc * x_scale[None, :]
     out_ptrs = out_ptr + pid_k * stride_os + offs_m[None, :] * stride_om + offs_n[:, None] * stride_on
-    mask = mask_n[:, None] & mask_m[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(out_ptrs, out, mask=mask)  # fp32 partial, summed by _split_k_reduce_kernel
-
-
-@triton.jit
-def _split_k_reduce_kernel(
-    # pointers
-    part_ptr, bias_ptr, out_ptr,
-    # sizes
-    M, N,
-    # strides
-    stride_ps, stride_pm, stride_om, stride_on,
-    # meta-parameters
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    m = tl.program_id(0)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):  # fixed order: the same bits on every call
-        acc += tl.load(part_ptr + s * stride_ps + m * stride_pm + offs_n, mask=mask_n, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    tl.store(out_ptr + m * stride_om + offs_n * stride_on, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
+    store_tile(out, out_ptr, out_ptrs, mask_n[:, None] & mask_m[None, :], bias_ptr, offs_n, mask_n, HAS_BIAS, SPLIT_K)
 
 
 @functools.lru_cache(maxsize=None)
@@ -217,12 +186,7 @@ def _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config
             GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, **config,
         )
     if split > 1:
-        block_n = 256
-        _split_k_reduce_kernel[(m, triton.cdiv(n, block_n))](
-            target, bias if bias is not None else target, out, m, n,
-            target.stride(0), target.stride(1), out.stride(0), out.stride(1),
-            HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK_N=block_n,
-        )
+        reduce_split_k(target, bias, out)
     return out
 
 

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from .autotune import interpreting
+from .split_k import split_range, store_tile
 
 GEMV_MAX_M = 4
 NIBBLES_HIGH = tl.constexpr(-252645136)  # 0xF0F0F0F0 as int32
@@ -103,10 +104,7 @@ def _w4a8_gemv_kernel(
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    n_iters = tl.cdiv(W_HALF, BLOCK_W)
-    iters_per_split = tl.cdiv(n_iters, SPLIT_K)
-    it_start = pid_k * iters_per_split
-    it_end = tl.minimum(it_start + iters_per_split, n_iters)
+    it_start, it_end = split_range(tl.cdiv(W_HALF, BLOCK_W), SPLIT_K)
     acc = gemv_tile(xq_ptr, stride_xm, M, w_ptr + offs_n[:, None] * stride_wn, ws_ptr + offs_n * stride_sn,
                     stride_sg, mask_n, W_HALF, X_WORDS, it_start, it_end, GROUP_SIZE, ROWS, BLOCK_N, BLOCK_W, ASM)
     rows = tl.arange(0, ROWS)
@@ -114,13 +112,7 @@ def _w4a8_gemv_kernel(
     x_scale = tl.load(xs_ptr + rows * stride_xsm, mask=mask_m, other=0.0)
     out = acc * (x_scale * 0.0625)[None, :]  # 0.0625: the nibbles were read as 16 * q
     out_ptrs = out_ptr + pid_k * stride_os + rows[None, :] * stride_om + offs_n[:, None]
-    mask = mask_n[:, None] & mask_m[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(out_ptrs, out, mask=mask)  # fp32 partial, summed in a fixed order by the caller's reduction
+    store_tile(out, out_ptr, out_ptrs, mask_n[:, None] & mask_m[None, :], bias_ptr, offs_n, mask_n, HAS_BIAS, SPLIT_K)
 
 
 def is_gemv(config: dict) -> bool:
