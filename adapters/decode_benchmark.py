@@ -8,7 +8,8 @@ GPU at a time, each timed after a warm-up on the same shapes (16-token prompt, g
 token generated: no early EOS):
 - w4a8-graph: this path: fused W4A8 layers (fusion.py), static KV cache, decode steps replayed
   from a CUDA graph (static_decode.py);
-- w4a8-eager: the W4A8 layers unfused, HF `generate` (dynamic cache, eager);
+- w4a8-eager: the same fused W4A8 layers, HF `generate` (dynamic cache, eager): what
+  `adapters.infer --no-cuda-graph` runs;
 - bf16: transformers eager `generate`;
 - bf16-compile: transformers `generate` with its static cache, which compiles the decode step
   (torch.compile, mode reduce-overhead: CUDA graphs) on CUDA;
@@ -97,7 +98,7 @@ def profile_step(model, batch: int, device: str, top: int = 25) -> str:
 def run_variant(config, variant: str, device: str, batches: tuple[int, ...], new_tokens: int, group: int,
                 bandwidth: float, profile: bool = False) -> list[dict]:
     model = build(config, "bf16" if variant.startswith("bf16") else "w4a8-triton", device, group,
-                  fuse=variant == "w4a8-graph")
+                  fuse=variant.startswith("w4a8"))
     rows = []
     for batch in batches:
         row = {"variant": variant, "batch": batch}

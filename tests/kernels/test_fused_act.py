@@ -1,9 +1,11 @@
-"""Fused RMSNorm (+ int8 quantization) kernels against transformers' RMSNorm rounding."""
+"""Fused RMSNorm (+ int8 quantization) and SiLU-mul-quant kernels against transformers' rounding."""
 
 import pytest
 import torch
 
-from kernels.fused_act import rmsnorm, rmsnorm_quant, rmsnorm_quant_ref, rmsnorm_ref
+from kernels import fused_act
+from kernels.fused_act import (rmsnorm, rmsnorm_quant, rmsnorm_quant_ref, rmsnorm_ref, silu_mul_quant,
+                               silu_mul_quant_ref)
 
 
 @pytest.mark.parametrize("m,k", [(1, 128), (37, 128), (5, 4096)])
@@ -25,3 +27,24 @@ def test_rmsnorm_equals_transformers_rounding(device, m, k):
 def test_rmsnorm_names_a_bad_weight(device):
     with pytest.raises(ValueError, match="does not match K=64"):
         rmsnorm(torch.zeros(2, 64, device=device), torch.ones(32, device=device), 1e-6)
+
+
+@pytest.mark.parametrize("m,i", [(3, 64), (2, 3000), (1, 2048)])
+def test_silu_mul_quant_equals_unfused_rounding(device, monkeypatch, m, i):
+    """(2, 3000) and (1, 2048) take the split rows (2 launches over 1024-element chunks, the last
+    one partial at 3000); forced onto one program per row they must give the same bits."""
+    h = (torch.randn(m, 2 * i, device=device) * 4).to(torch.bfloat16)
+    h[-1, [i - 1, 2 * i - 1]] = 64  # the last row's absmax in its last (partial) chunk
+    if m > 1:
+        h[0, i:] = 0  # row 0: up = 0, an all-zero product -> scale 0, no NaN
+    x_q, scale = silu_mul_quant(h)
+    want_q, want_scale = silu_mul_quant_ref(h)
+    assert m == 1 or (scale[0].item() == 0 and not x_q[0].any())
+    if device == "cpu":
+        assert torch.equal(x_q, want_q) and torch.equal(scale, want_scale)
+    else:  # the GPU's exp may round SiLU one bf16 ulp apart from torch's
+        assert (x_q.int() - want_q.int()).abs().max() <= 1
+        torch.testing.assert_close(scale, want_scale, rtol=1e-2, atol=0)
+    monkeypatch.setattr(fused_act, "SPLIT_MAX_ROWS", 0)
+    one_program_q, one_program_scale = silu_mul_quant(h)
+    assert torch.equal(x_q, one_program_q) and torch.equal(scale, one_program_scale)
