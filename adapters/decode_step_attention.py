@@ -25,16 +25,17 @@ class DecodeStepAttention:
     """Mixin put before an HF attention class (see `enable_decode_step`)."""
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        cache = kwargs.pop("cache", past_key_values)  # transformers 5.24 renamed past_key_values to cache
         slot = kwargs.get(DECODE_SLOT)
-        if (slot is None or not isinstance(past_key_values, StaticKVCache) or hidden_states.shape[1] != 1
+        if (slot is None or not isinstance(cache, StaticKVCache) or hidden_states.shape[1] != 1
                 or not triton_runs_on(hidden_states)):
-            return super().forward(hidden_states, position_embeddings, attention_mask, past_key_values, **kwargs)
+            return super().forward(hidden_states, position_embeddings, attention_mask, cache, **kwargs)
         b = hidden_states.shape[0]
         config = self.config
         heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
         qkv = self.qkv.linear(hidden_states).view(b, -1)
         cos, sin = position_embeddings
-        keys, values = past_key_values.keys[self.layer_idx], past_key_values.values[self.layer_idx]
+        keys, values = cache.keys[self.layer_idx], cache.values[self.layer_idx]
         query = qk_norm_rope_store(qkv, self.q_norm.weight, self.k_norm.weight, self.q_norm.variance_epsilon,
                                    cos.view(b, -1), sin.view(b, -1), keys, values, slot, heads, kv_heads)
         out = decode_attention(query, keys, values, attention_mask, slot, self.scaling)

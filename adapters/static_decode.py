@@ -17,10 +17,12 @@ What a graph needs, and how the step provides it:
   replay its capture. With `use_graph=False` (or on a CPU) every step runs eagerly, which is
   how the CPU tests check this path's greedy tokens against the model's own.
 
-It drives transformers' own model classes: they take `past_key_values` (any object with HF's
-`update`), explicit `position_ids` and a 4D mask, which masking_utils passes through untouched.
+It drives transformers' own model classes: they take a cache (any object with HF's `update`;
+the argument is `past_key_values` up to transformers 5.23, `cache` from 5.24), explicit
+`position_ids` and a 4D mask, which masking_utils passes through untouched.
 """
 
+import inspect
 import warnings
 
 import torch
@@ -93,7 +95,7 @@ class StaticKVCache(Cache):
         self.max_len = max_len
         self.layers = [_FullAttentionLayer()] * n_layers
 
-    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         where = self.slot + torch.arange(key_states.shape[-2], device=key_states.device)
         self.keys[layer_idx].index_copy_(2, where, key_states)
         self.values[layer_idx].index_copy_(2, where, value_states)
@@ -130,6 +132,9 @@ class StaticDecoder:
         self.count = torch.zeros((), dtype=torch.long, device=dev)  # tokens written to `generated`
         self.use_graph = use_graph and dev.type == "cuda" and _capturable(model)
         self.graph: torch.cuda.CUDAGraph | None = None
+        # transformers 5.24 renamed past_key_values to cache (the old name warns, until 5.40)
+        forward_args = inspect.signature(model.forward).parameters
+        self.cache_argument = "cache" if "cache" in forward_args else "past_key_values"
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Run the prompt (eager), fill slots [0, T) and set up the first decode step."""
@@ -146,8 +151,7 @@ class StaticDecoder:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(~allowed, self.blocked)
         position = (valid.long().cumsum(-1) - 1).clamp_(min=0)  # as HF generate: left padding skipped
         self.cache.slot.zero_()
-        logits = self._forward(input_ids=input_ids, attention_mask=mask, position_ids=position,
-                            past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
+        logits = self._forward(input_ids=input_ids, attention_mask=mask, position_ids=position, logits_to_keep=1).logits
         self.cache.slot.fill_(t)
         self.tokens.copy_(logits[:, -1].argmax(-1, keepdim=True))
         self.position.copy_(position[:, -1:] + 1)
@@ -159,8 +163,7 @@ class StaticDecoder:
         """One decode step on device state only (what the graph captures)."""
         self.key_mask.index_fill_(-1, self.cache.slot.view(1), 0.0)  # the slot written now
         logits = self._forward(input_ids=self.tokens, attention_mask=self.key_mask, position_ids=self.position,
-                            past_key_values=self.cache, use_cache=True, logits_to_keep=1,
-                            **{DECODE_SLOT: self.cache.slot}).logits
+                               logits_to_keep=1, **{DECODE_SLOT: self.cache.slot}).logits
         self.tokens.copy_(logits[:, -1].argmax(-1, keepdim=True))
         self.generated.index_copy_(1, self.count.view(1), self.tokens)
         self.count.add_(1)
@@ -168,13 +171,13 @@ class StaticDecoder:
         self.position.add_(1)
 
     def _forward(self, **inputs):
-        """The model's forward with `grouped_sdpa` as its attention (set for this call only: the
-        config is the model's, and HF generate's dynamic-cache path keeps HF's own)."""
+        """The model's forward on the static cache, with `grouped_sdpa` as its attention (set for
+        this call only: the config is the model's, and HF generate's dynamic-cache path keeps HF's own)."""
         config = self.model.config
         before = config._attn_implementation
         config._attn_implementation = ATTENTION
         try:
-            return self.model(**inputs)
+            return self.model(**inputs, **{self.cache_argument: self.cache}, use_cache=True)
         finally:
             config._attn_implementation = before
 
