@@ -17,7 +17,7 @@ from .act_quant import per_token_quant_int8
 from .autotune import graph_ms
 from .packing import pack_w4a8
 from .reference import quantize_weight, w4a8_linear_ref
-from .w4a8_gemm import _launch, candidate_configs
+from .w4a8_gemm import _launch, candidate_configs, sm_count
 
 SHAPES = [  # M, N, K, group_size: Qwen3-8B / 30B-A3B layers
     (1, 24576, 4096, 128), (4, 24576, 4096, 128), (1, 4096, 12288, 128), (16, 24576, 4096, 128),
@@ -47,7 +47,7 @@ def sweep(m: int, n: int, k: int, group_size: int) -> None:
         err = ((step()[:4].float() - ref).abs().max() / ref.abs().max()).item()
         results.append((graph_us(step), err, cfg))
 
-    for cfg in candidate_configs(m, n, k, group_size, torch.device("cuda")):
+    for cfg in candidate_configs(m, n, k, group_size, sm_count(torch.device("cuda"))):
         run(cfg)
     results.sort(key=lambda r: r[0])
     for _, _, cfg in results[:3]:

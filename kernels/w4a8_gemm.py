@@ -117,26 +117,26 @@ def _w4a8_gemm_kernel(
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
+def sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4  # interpreter: small splits keep the CPU tests fast but still exercise split-K
 
 
 @functools.lru_cache(maxsize=4096)
-def candidate_configs(m: int, n: int, k: int, group_size: int, device: torch.device) -> list[dict]:
-    """Launch configs worth timing for this problem; the first is the untuned default."""
+def candidate_configs(m: int, n: int, k: int, group_size: int, sms: int) -> list[dict]:
+    """Launch configs worth timing for this problem on a GPU of `sms` SMs (`sm_count`); the
+    first is the untuned default."""
     bk_max = 512 if group_size == -1 else 2 * group_size  # each half of a step within one group
     k_pad = padded_k(k, group_size)
     configs = []
-    gemv = gemv_configs(m, n, k_pad, group_size, _sm_count(device)) if m <= GEMV_MAX_M and k % 4 == 0 else []
+    gemv = gemv_configs(m, n, k_pad, group_size, sms) if m <= GEMV_MAX_M and k % 4 == 0 else []
     # The dp4a GEMV (w4a8_gemv.py) won at M <= 4 on every Qwen3 layer on the H100: first on a GPU.
     # The interpreter runs programs one by one in Python, and the GEMV's many small programs made
     # the CPU test suite's decoding 4x slower: there the tensor-core tile stays the default.
     if not interpreting():
         configs += gemv
     if m <= DECODE_MAX_M:
-        sms = _sm_count(device)
         # Measured on an H100 (8B/32B layers, M = 1..16): BLOCK_N = 64 with 128-byte K steps
         # led everywhere; split-K matters only where N / 64 leaves SMs idle.
         for bn, bk in ((64, 256), (64, 512), (128, 256), (128, 512), (256, 256)):
@@ -195,7 +195,7 @@ def tuned_config(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tenso
     """The autotuned launch config for this problem (keyed on N, K, group, bucketed M, dtype)."""
     (m, k), n = x_q.shape, packed_w.shape[0]
     key = f"w4a8|N{n}|K{k}|g{group_size}|M{m_bucket(m)}|{out_dtype}"
-    candidates = candidate_configs(m_bucket(m), n, k, group_size, x_q.device)
+    candidates = candidate_configs(m_bucket(m), n, k, group_size, sm_count(x_q.device))
     weights, turn = [], itertools.count()
 
     def launch(config: dict) -> None:  # only called when tuning: a cache hit makes no copies

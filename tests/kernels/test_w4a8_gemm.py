@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kernels import pack_w4a8, per_token_quant_int8, quantize_weight, w4a8_gemm, w4a8_linear_ref
-from kernels.w4a8_gemm import candidate_configs
+from kernels.w4a8_gemm import candidate_configs, sm_count
 
 # One bf16/fp16 rounding of the output plus fp32 accumulation order (the only freedom the
 # contract leaves): relative to each output, plus a floor tied to the largest output.
@@ -59,7 +59,7 @@ def test_every_candidate_config_agrees(device, m):
     """Each launch strategy the autotuner may pick (split-K 1..16, every tile) is correct."""
     group_size = 128
     x, packed, scales, _, ref = make_problem(m, 256, 1024, group_size, torch.bfloat16, device)
-    configs = candidate_configs(m, 256, 1024, group_size, torch.device(device))
+    configs = candidate_configs(m, 256, 1024, group_size, sm_count(torch.device(device)))
     assert len({c["SPLIT_K"] for c in configs}) > 1 or m > 16
     for config in configs[:: 1 if device == "cuda" else 3]:  # the interpreter is slow: a third
         assert_matches_contract(w4a8_gemm(x, packed, scales, group_size, config=config), ref)
@@ -81,7 +81,7 @@ def test_zero_rows_and_empty_batch(device):
 
 def test_split_k_is_deterministic(device):
     x, packed, scales, _, _ = make_problem(2, 256, 1024, 64, torch.bfloat16, device)
-    config = next(c for c in candidate_configs(2, 256, 1024, 64, torch.device(device)) if c["SPLIT_K"] > 1)
+    config = next(c for c in candidate_configs(2, 256, 1024, 64, sm_count(torch.device(device))) if c["SPLIT_K"] > 1)
     first = w4a8_gemm(x, packed, scales, 64, config=config)
     assert torch.equal(first, w4a8_gemm(x, packed, scales, 64, config=config))
 

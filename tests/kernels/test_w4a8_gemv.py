@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from kernels import per_token_quant_int8, w4a8_gemm
-from kernels.w4a8_gemm import DecodePlan, candidate_configs
+from kernels.w4a8_gemm import DecodePlan, candidate_configs, sm_count
 from kernels.w4a8_gemv import GEMV_MAX_M, is_gemv
 
 from .test_w4a8_gemm import assert_matches_contract, make_problem
 
 
 def gemv_configs_for(m, n, k, group_size, device):
-    configs = [c for c in candidate_configs(m, n, k, group_size, torch.device(device)) if is_gemv(c)]
+    configs = [c for c in candidate_configs(m, n, k, group_size, sm_count(torch.device(device))) if is_gemv(c)]
     assert configs, "no GEMV candidate"
     return configs
 
