@@ -17,6 +17,15 @@ and the epilogue multiplies by 1/16 (exact in fp32). Per group, each K step cove
 group per half (BLOCK_W * 4 <= group size) and its int32 sums are scaled before they join the
 fp32 accumulator, as in the GEMM.
 
+Bytes in flight: built for sm_90a (compile_check.py), a step of the default tile (16 rows x 32
+words, 4 warps) is one 16-byte weight load per thread, consumed by that step's dp4a, so a thread
+has one load in flight. Qwen3-8B's qkv at M = 1 is 384 programs of 128 threads: at most 0.8 MB in
+flight, where 3.35 TB/s at ~0.7 us of loaded HBM latency needs ~2.3 MB (Little's law), which fits
+the 31% of HBM it reached (README kernels table). Each tile is therefore also a candidate with
+W_STAGES = 3: `tl.range(num_stages=3)` pipelines the loads through shared memory (cp.async,
+LDGSTS in SASS), three steps in flight; the arithmetic, and so every bit of the result, is the
+same. The autotuner times both; neither is the default until a GPU has measured them.
+
 Under TRITON_INTERPRET there is no PTX: `dp4a` computes the same sum with shifts (ASM=False).
 """
 
@@ -46,17 +55,18 @@ def dp4a(a, b, c, ASM: tl.constexpr):
 @triton.jit
 def gemv_tile(x_ptr, stride_xm, M, w_row, ws_n, stride_sg, mask_n, W_HALF, X_WORDS, it_start, it_end,
               GROUP_SIZE: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
-              ASM: tl.constexpr):
+              ASM: tl.constexpr, W_STAGES: tl.constexpr):
     """acc [BLOCK_N, ROWS] fp32 = 16 * W . x^T over the K steps [it_start, it_end), weight scales
     applied, activation scales not. x_ptr: int32 words of x_q's row 0 (rows >= M read as 0);
     w_row: word pointers of the tile's packed weight rows [BLOCK_N, 1]; ws_n: scale pointers of
-    group 0 for the tile's N [BLOCK_N]."""
+    group 0 for the tile's N [BLOCK_N]. W_STAGES > 1 pipelines the loads (cp.async into shared
+    memory, W_STAGES - 1 steps ahead); 1 loads each step's words in that step."""
     offs_w = tl.arange(0, BLOCK_W)
     rows = tl.arange(0, ROWS)
     acc = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
     acc_i = tl.zeros((BLOCK_N, ROWS), dtype=tl.int32)
     zero = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.int32)
-    for it in range(it_start, it_end):
+    for it in tl.range(it_start, it_end, num_stages=W_STAGES):
         j = it * BLOCK_W + offs_w  # word index within each half
         w = tl.load(w_row + j[None, :], mask=mask_n[:, None] & (j[None, :] < W_HALF), other=0,
                     eviction_policy="evict_first")
@@ -98,7 +108,7 @@ def _w4a8_gemv_kernel(
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr,
     # meta-parameters
     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr,
-    ASM: tl.constexpr,
+    W_STAGES: tl.constexpr, ASM: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -106,7 +116,8 @@ def _w4a8_gemv_kernel(
     mask_n = offs_n < N
     it_start, it_end = split_range(tl.cdiv(W_HALF, BLOCK_W), SPLIT_K)
     acc = gemv_tile(xq_ptr, stride_xm, M, w_ptr + offs_n[:, None] * stride_wn, ws_ptr + offs_n * stride_sn,
-                    stride_sg, mask_n, W_HALF, X_WORDS, it_start, it_end, GROUP_SIZE, ROWS, BLOCK_N, BLOCK_W, ASM)
+                    stride_sg, mask_n, W_HALF, X_WORDS, it_start, it_end, GROUP_SIZE, ROWS, BLOCK_N, BLOCK_W, ASM,
+                    W_STAGES)
     rows = tl.arange(0, ROWS)
     mask_m = rows < M
     x_scale = tl.load(xs_ptr + rows * stride_xsm, mask=mask_m, other=0.0)
@@ -131,11 +142,12 @@ def gemv_configs(m: int, n: int, k_pad: int, group_size: int, sms: int) -> list[
         default_split = min(16, n_iters, triton.next_power_of_2(want))
         for split in dict.fromkeys([default_split, 1, 2, 4, 8]):
             if split <= n_iters:
-                config = dict(ROWS=triton.next_power_of_2(m), BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=split,
+                config = dict(ROWS=triton.next_power_of_2(m), BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=split, W_STAGES=1,
                               num_warps=warps, num_stages=3)
                 if config not in configs:
                     configs.append(config)
-    return configs
+    # the same tiles with their weight loads pipelined 2 steps ahead (see the module docstring)
+    return configs + [dict(config, W_STAGES=3) for config in configs]
 
 
 def gemv_grid(n: int, config: dict) -> tuple[int, int, int]:

@@ -163,7 +163,7 @@ def _w4a8_moe_gemv_kernel(
     mask_n = offs_n < N
     acc = gemv_tile(xq_ptr + row * stride_xm, 0, 1, w_ptr + expert * stride_we + offs_n[:, None] * stride_wn,
                     ws_ptr + expert * stride_se + offs_n, stride_sg, mask_n, W_HALF, X_WORDS,
-                    0, tl.cdiv(W_HALF, BLOCK_W), GROUP_SIZE, 1, BLOCK_N, BLOCK_W, ASM)
+                    0, tl.cdiv(W_HALF, BLOCK_W), GROUP_SIZE, 1, BLOCK_N, BLOCK_W, ASM, 1)
     out = tl.sum(acc, axis=1) * (tl.load(xs_ptr + row) * 0.0625)  # one row; 16 * q nibbles
     tl.store(out_ptr + slot * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 

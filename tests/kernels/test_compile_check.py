@@ -89,6 +89,14 @@ def test_kernels_take_the_instructions_they_were_written_for(sweeps):
             assert b["opcodes"].get(op, 0) > 0, f"{b['kernel']} ({b['where']}, {b['meta']}) has no {op}: {b['opcodes']}"
 
 
+def test_gemv_w_stages_pipeline_the_weight_loads(sweeps):
+    gemvs = [b for b in sweeps["candidates"]["builds"] if b["kernel"] == "_w4a8_gemv_kernel"]
+    for stages in (1, 3):
+        assert any(b["meta"]["W_STAGES"] == stages for b in gemvs), f"no GEMV candidate with W_STAGES={stages}"
+    for b in gemvs:  # cp.async (LDGSTS) exactly when pipelined
+        assert (b["opcodes"].get("LDGSTS", 0) > 0) == (b["meta"]["W_STAGES"] > 1), (b["where"], b["meta"], b["opcodes"])
+
+
 def test_decode_kernels_do_not_spill(sweeps):
     decode = sweeps["decode"]["builds"]
     assert decode, "the decode sweep built nothing"

@@ -23,10 +23,26 @@ def gemv_configs_for(m, n, k, group_size, device):
 def test_gemv_matches_reference(device, m, group_size):
     x, packed, scales, bias, ref = make_problem(m, 96, 512, group_size, torch.bfloat16, device, bias=True)
     configs = gemv_configs_for(m, 96, 512, group_size, device)
-    splits = {c["SPLIT_K"]: c for c in configs}  # one config per split count: 1 and several
-    assert len(splits) > 1
+    splits = {(c["SPLIT_K"], c["W_STAGES"]): c for c in configs}  # per split count (1 and several), both load paths
+    assert len(splits) > 2
     for config in splits.values():
         assert_matches_contract(w4a8_gemm(x, packed, scales, group_size, bias, config=config), ref)
+
+
+@pytest.mark.parametrize("m,group_size", [(1, 128), (4, -1)])
+def test_pipelined_loads_give_the_same_bits(device, m, group_size):
+    """W_STAGES only moves the loads (cp.async, steps ahead); the arithmetic is the same. The
+    interpreter runs both alike (tl.range is range there): this has teeth on a GPU, and
+    test_compile_check shows the pipelined build on the CPU."""
+    x, packed, scales, bias, _ = make_problem(m, 64, 1024, group_size, torch.bfloat16, device, bias=True)
+    configs = gemv_configs_for(m, 64, 1024, group_size, device)
+    plain = [c for c in configs if c["W_STAGES"] == 1]
+    assert len(plain) * 2 == len(configs)
+    for config in plain[:: max(1, len(plain) // 3)]:
+        pipelined = dict(config, W_STAGES=3)
+        assert pipelined in configs
+        assert torch.equal(w4a8_gemm(x, packed, scales, group_size, bias, config=config),
+                           w4a8_gemm(x, packed, scales, group_size, bias, config=pipelined))
 
 
 @pytest.mark.parametrize("k,group_size", [(96, 32), (40, -1), (320, 64)])
