@@ -24,7 +24,7 @@ flight, where 3.35 TB/s at ~0.7 us of loaded HBM latency needs ~2.3 MB (Little's
 the 31% of HBM it reached (README kernels table). Each tile is therefore also a candidate with
 W_STAGES = 3: `tl.range(num_stages=3)` pipelines the loads through shared memory (cp.async,
 LDGSTS in SASS), three steps in flight; the arithmetic, and so every bit of the result, is the
-same. The autotuner times both; neither is the default until a GPU has measured them.
+same. The autotuner times both; the untuned default stays the unpipelined tile, the one measured.
 
 Under TRITON_INTERPRET there is no PTX: `dp4a` computes the same sum with shifts (ASM=False).
 """
