@@ -24,7 +24,15 @@ import traceback
 import torch
 from triton.runtime.errors import OutOfResources
 
+from .act_quant import per_token_quant_int8
 from .compile_only import KernelBuild, compile_only
+from .decode_attention import decode_attention
+from .fused_act import rmsnorm, rmsnorm_quant, silu_mul_quant
+from .packing import padded_k
+from .qk_rope import qk_norm_rope_store
+from .w4a8_gemm import DECODE_MAX_M, candidate_configs, decode_plan, w4a8_gemm
+from .w4a8_moe import GEMV_MAX_SLOTS, route_by_expert, w4a8_moe_gemm, w4a8_moe_gemv
+from .w8a8_gemm import candidate_configs as w8a8_candidate_configs, w8a8_gemm
 
 # Qwen3 shapes (../shared/REFERENCE.md): hidden, q heads, kv heads, head dim, MLP width; MoE:
 # experts, experts per token (the MLP width is then each expert's).
@@ -34,7 +42,6 @@ MODELS = {
     "qwen3-30b-a3b": dict(hidden=2048, heads=32, kv_heads=4, head_dim=128, inter=768, experts=128, top_k=8),
 }
 CACHE_LEN = 768  # static cache of a 500-token decode (adapters/static_decode.py rounds to 256)
-DECODE_SMS = 132  # H100 SXM / H200: decode split-K defaults depend on the SM count
 
 
 class Sweep:
@@ -56,8 +63,6 @@ class Sweep:
 
 
 def _weights(n: int, k: int, group_size: int, experts: int = 0):
-    from .packing import padded_k
-
     lead = (experts,) if experts else ()
     groups = 1 if group_size == -1 else k // group_size
     packed = torch.empty(*lead, n, padded_k(k, group_size) // 2, dtype=torch.int8)
@@ -66,12 +71,10 @@ def _weights(n: int, k: int, group_size: int, experts: int = 0):
 
 
 def sweep_dense(s: Sweep, name: str, n: int, k: int, m: int, group_size: int) -> None:
-    from .w4a8_gemm import DECODE_MAX_M, candidate_configs, decode_plan, w4a8_gemm
-
     packed, scales = _weights(n, k, group_size)
     x = torch.empty(m, k, dtype=torch.bfloat16)
     x_q, x_scale = torch.empty(m, k, dtype=torch.int8), torch.empty(m, 1, dtype=torch.float32)
-    configs = candidate_configs(m, n, k, group_size, DECODE_SMS)
+    configs = candidate_configs(m, n, k, group_size, s.fake.properties["multiprocessor_count"])  # split-K defaults
     for i, config in enumerate(configs if s.candidates else configs[:1]):
         s.run(f"{name} M={m} g={group_size} config {i}",
               lambda: w4a8_gemm(x_q, packed, scales, group_size, x_scale=x_scale, config=config))
@@ -81,9 +84,6 @@ def sweep_dense(s: Sweep, name: str, n: int, k: int, m: int, group_size: int) ->
 
 
 def sweep_rows(s: Sweep, shape: dict, m: int) -> None:
-    from .act_quant import per_token_quant_int8
-    from .fused_act import rmsnorm, rmsnorm_quant, silu_mul_quant
-
     hidden, d, inter = shape["hidden"], shape["head_dim"], shape["inter"]
     x = torch.empty(m, hidden, dtype=torch.bfloat16)
     weight = torch.empty(hidden, dtype=torch.bfloat16)
@@ -97,9 +97,6 @@ def sweep_rows(s: Sweep, shape: dict, m: int) -> None:
 
 
 def sweep_attention(s: Sweep, shape: dict, b: int) -> None:
-    from .decode_attention import decode_attention
-    from .qk_rope import qk_norm_rope_store
-
     hq, hkv, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
     keys = torch.empty(b, hkv, CACHE_LEN, d, dtype=torch.bfloat16)
     values = torch.empty_like(keys)
@@ -115,8 +112,6 @@ def sweep_attention(s: Sweep, shape: dict, b: int) -> None:
 
 
 def sweep_experts(s: Sweep, shape: dict, m: int, group_size: int) -> None:
-    from .w4a8_moe import GEMV_MAX_SLOTS, route_by_expert, w4a8_moe_gemm, w4a8_moe_gemv
-
     hidden, inter, experts, top_k = shape["hidden"], shape["inter"], shape["experts"], shape["top_k"]
     top = torch.randint(0, experts, (m, top_k))  # real expert ids: routing is torch and reads them
     for what, n, k, rows, row_div in (("gate_up", 2 * inter, hidden, m, top_k), ("down", hidden, inter, m * top_k, 1)):
@@ -131,12 +126,10 @@ def sweep_experts(s: Sweep, shape: dict, m: int, group_size: int) -> None:
 
 
 def sweep_w8a8(s: Sweep, m: int) -> None:
-    from .w8a8_gemm import candidate_configs, w8a8_gemm
-
     n, k = 4096, 4096
     x_q, x_scale = torch.empty(m, k, dtype=torch.int8), torch.empty(m, 1, dtype=torch.float32)
     w_q, w_scale = torch.empty(n, k, dtype=torch.int8), torch.empty(n, dtype=torch.float32)
-    configs = candidate_configs(m)
+    configs = w8a8_candidate_configs(m)
     for i, config in enumerate(configs if s.candidates else configs[:1]):
         s.run(f"w8a8 M={m} config {i}", lambda: w8a8_gemm(x_q, x_scale, w_q, w_scale, config=config))
 
@@ -158,26 +151,23 @@ def sweep(models: list[str], ms: list[int], group_sizes: list[int], candidates: 
                     if "experts" in shape:
                         sweep_experts(s, shape, m, group_size)
                 sweep_rows(s, shape, m)
-                if m <= 16:
+                if m <= DECODE_MAX_M:  # decode steps: one token per row, the static cache
                     sweep_attention(s, shape, m)
         for m in ms:
             sweep_w8a8(s, m)
     return fake.builds, s.failures, s.refused
 
 
-def _table(builds: list[KernelBuild]):
-    from rich.table import Table
-
-    table = Table(title=f"{len(builds)} kernels built for sm_90a (first launch that built each)")
-    for col in ("kernel", "first built by", "constexprs", "warps", "stages", "regs", "spill B", "smem B",
-                "SASS", "marks"):
-        table.add_column(col, justify="right" if col in ("warps", "stages", "regs", "spill B", "smem B", "SASS") else "left")
+def markdown_table(builds: list[KernelBuild]) -> str:
+    """One row per build, in build order (each kernel specialization under its first launch)."""
+    head = ("| kernel | first built by | constexprs | warps | stages | regs | spill B | smem B | SASS | marks |\n"
+            + "|---" * 10 + "|\n")
+    rows = []
     for b in builds:
-        meta = {k: v for k, v in b.meta.items() if k not in ("num_warps", "num_stages")}
-        table.add_row(b.kernel, b.where, " ".join(f"{k}={v}" for k, v in meta.items()), str(b.meta["num_warps"]),
-                      str(b.meta["num_stages"]), str(b.registers), str(b.local), str(b.shared), str(b.instructions),
-                      b.marks())
-    return table
+        meta = " ".join(f"{k}={v}" for k, v in b.meta.items() if k not in ("num_warps", "num_stages"))
+        rows.append(f"| {b.kernel} | {b.where} | {meta} | {b.meta['num_warps']} | {b.meta['num_stages']} "
+                    f"| {b.registers} | {b.local} | {b.shared} | {b.instructions} | {b.marks()} |\n")
+    return head + "".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,15 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--models: unknown {unknown}; known: {list(MODELS)}")
     builds, failures, refused = sweep(models, [int(m) for m in args.m.split(",")],
                                       [int(g) for g in args.group_sizes.split(",")], args.candidates)
-    from rich.console import Console
-
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    console.print(_table(builds))
+    print(f"{len(builds)} kernels built for sm_90a\n\n{markdown_table(builds)}")
     for where, why in refused:
-        console.print(f"[yellow]over the SM's limits (the autotuner skips it):[/] {where}: {why}")
+        print(f"over the SM's limits (the autotuner skips it): {where}: {why}")
     for where, why in failures:
-        console.print(f"[red]failed to build:[/] {where}: {why}")
-    console.print(f"{len(builds)} built, {len(refused)} over the limits, {len(failures)} failed")
+        print(f"failed to build: {where}: {why}")
+    print(f"{len(builds)} built, {len(refused)} over the limits, {len(failures)} failed")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"builds": [dict(b.__dict__, opcodes=dict(b.opcodes)) for b in builds],
