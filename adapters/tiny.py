@@ -12,6 +12,7 @@ so the chat path of `adapters.infer` works on these models too.
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -24,6 +25,15 @@ TIERS = {
     "triton": dict(hidden_size=256, head_dim=128, intermediate_size=512, moe_intermediate_size=128),
 }
 VOCAB_SIZE = 512
+# What the released checkpoints have wherever a port could hard-code a value (Qwen3-0.6B and
+# Qwen3-30B-A3B, ERNIE-4.5-0.3B and -21B-A3B config.json): a port that assumes Llama's theta 1e4
+# or eps 1e-5 must fail on the tiny model as it would on the real one.
+FAMILY_VALUES = {
+    "qwen3": dict(rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True),
+    "qwen3_moe": dict(rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False),
+    "ernie4_5": dict(rope_theta=5e5, rms_norm_eps=1e-5, tie_word_embeddings=True, use_bias=False),
+    "ernie4_5_moe": dict(rope_theta=5e5, rms_norm_eps=1e-5, tie_word_embeddings=True, use_bias=False),
+}
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -45,18 +55,18 @@ def make_config(family: str, tier: str = "cpu") -> transformers.PretrainedConfig
     size = TIERS[tier]
     common = dict(vocab_size=VOCAB_SIZE, hidden_size=size["hidden_size"], num_attention_heads=4,
                   num_key_value_heads=2, head_dim=size["head_dim"], intermediate_size=size["intermediate_size"],
-                  max_position_embeddings=512, bos_token_id=None, eos_token_id=2, pad_token_id=0)
+                  max_position_embeddings=512, bos_token_id=None, eos_token_id=2, pad_token_id=0,
+                  **FAMILY_VALUES[family])
     if family == "qwen3":
-        return transformers.Qwen3Config(num_hidden_layers=2, tie_word_embeddings=True, **common)
+        return transformers.Qwen3Config(num_hidden_layers=2, **common)
     if family == "qwen3_moe":
-        return transformers.Qwen3MoeConfig(num_hidden_layers=2, tie_word_embeddings=False, num_experts=8,
+        return transformers.Qwen3MoeConfig(num_hidden_layers=2, num_experts=8,
                                            num_experts_per_tok=2, moe_intermediate_size=size["moe_intermediate_size"],
                                            norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
                                            **common)
     if family == "ernie4_5":
-        return transformers.Ernie4_5Config(num_hidden_layers=2, tie_word_embeddings=True, use_bias=False, **common)
-    return transformers.Ernie4_5_MoeConfig(num_hidden_layers=3, tie_word_embeddings=True, use_bias=False,
-                                           moe_num_experts=8, moe_k=2,
+        return transformers.Ernie4_5Config(num_hidden_layers=2, **common)
+    return transformers.Ernie4_5_MoeConfig(num_hidden_layers=3, moe_num_experts=8, moe_k=2,
                                            moe_intermediate_size=size["moe_intermediate_size"],
                                            moe_num_shared_experts=2, moe_layer_start_index=1,
                                            moe_layer_end_index=2, moe_layer_interval=1, **common)
@@ -107,7 +117,17 @@ def make(family: str, out_dir: str | Path, tier: str = "cpu", seed: int = 0,
     out = Path(out_dir)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    both_rope_spellings(out / "config.json", FAMILY_VALUES[family]["rope_theta"])
     return out
+
+
+def both_rope_spellings(config_json: Path, theta: float) -> None:
+    """transformers 5.x writes theta under `rope_parameters` only, where 4.57 reads the top-level
+    `rope_theta` (and falls back to 1e4 without it): a file with both loads alike in either."""
+    config = json.loads(config_json.read_text())
+    config["rope_theta"] = theta
+    config.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": theta})
+    config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def main() -> None:

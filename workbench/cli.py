@@ -159,14 +159,20 @@ def validate(
     task_files: list[Path] = typer.Argument(..., help="task YAML files"),
     root: Path = typer.Option(None, "--root", "-r", help="where to build the workspaces (default: a temp dir)"),
     device: str = DEVICE_OPTION,
+    json_out: Path = typer.Option(None, "--json", help="also write every check result (base and gold) to this file"),
 ) -> None:
     """Run every check of each task on its base (must fail) and on its gold solution (must pass)."""
     from .checks.validate import validate_task
 
-    failed = []
+    failed, records = [], []
     for task in task_files:
         spec = _load_or_exit(task)
         result = validate_task(spec, root, device)
+        records.append({"task": spec.id, "valid": result.ok, "device": device or spec.device,
+                        "base": [r.model_dump(mode="json") for r in result.base],
+                        "gold": [r.model_dump(mode="json") for r in result.gold]})
+        if json_out:  # after each task: a run cut short keeps what it finished
+            json_out.write_text(json.dumps(records, indent=1))
         table = Table("check", "base", "gold", "gold s", "gold summary", title=f"{spec.id}: "
                       + ("[green]valid[/]" if result.ok else "[red]NOT valid[/]"), title_justify="left")
         for b, g in zip(result.base, result.gold, strict=True):

@@ -1,8 +1,11 @@
 """`import` and `command` checks on small candidate trees, each outcome typed."""
 
+import json
+
 import pytest
 
 from workbench.checks.basic import check_command, check_import
+from workbench.checks.candidate import FORBIDDEN_MARKER, run_candidate
 
 
 def tree(tmp_path, files: dict[str, str]):
@@ -41,3 +44,27 @@ def test_command_check(tmp_path):
     assert check_command(ws, "python ok.py").passed
     failed = check_command(ws, "python fail.py", name="run fail")
     assert failed.status == "fail" and failed.category == "command_failed" and "wrong answer" in failed.summary
+
+
+def test_harness_packages_look_absent_to_a_port(tmp_path):
+    """`find_spec` answers None (as transformers' `is_kernels_available` probes it), an import
+    raises ModuleNotFoundError naming the rule, and a port's own modules are found as usual."""
+    probe = ("import importlib.util, json, sys\n"
+             "seen = {n: importlib.util.find_spec(n) is None for n in ('kernels', 'adapters.qwen3', 'workbench', 'port')}\n"
+             "try:\n    import kernels\nexcept ModuleNotFoundError as err:\n    seen['raised'] = str(err)\n"
+             "print(json.dumps(seen))\n")
+    ws = tree(tmp_path, {"port/__init__.py": "", "port/probe.py": probe})
+    done = run_candidate(ws, "import port.probe\n", 60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["kernels"] and seen["adapters.qwen3"] and seen["workbench"] and not seen["port"]
+    assert seen["raised"].startswith(FORBIDDEN_MARKER + ": kernels belongs to the harness")
+
+
+def test_transformers_sees_no_kernels_package(tmp_path):
+    """transformers' hub-kernels probe answers False in a port, so it never imports the harness."""
+    ws = tree(tmp_path, {"port/__init__.py": "",
+                         "port/probe.py": "from transformers.utils import import_utils\n"
+                                          "print(import_utils.is_kernels_available())\n"})
+    done = run_candidate(ws, "import port.probe\n", 120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]

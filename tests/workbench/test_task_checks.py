@@ -215,3 +215,17 @@ def test_steps_before_tie_counts_clear_greedy_steps():
     assert _steps_before_tie(torch.tensor([0.9, 0.5, 0.01, 0.8]), tie=0.05) == 2
     assert _steps_before_tie(torch.tensor([0.9, 0.5]), tie=0.05) == 2
     assert _steps_before_tie(torch.tensor([0.0, 0.5]), tie=0.05) == 0
+
+
+def test_llama_default_rope_theta_fails_numerics(tmp_path):
+    """The tiny fixtures carry the real families' values (Qwen3: theta 1e6): a port that hard-codes
+    Llama's 1e4 diverges on them as it would on Qwen3-0.6B."""
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    edit(tree / "w4a8_inference/_gold/adapters/loader.py",
+         "    config = transformers.AutoConfig.from_pretrained(root)\n",
+         "    config = transformers.AutoConfig.from_pretrained(root)\n"
+         "    config.rope_parameters = {'rope_type': 'default', 'rope_theta': 10000.0}\n"
+         "    config.rope_theta = 10000.0\n")
+    result = check("numerics", spec, tree, base)
+    assert result.status == "fail" and result.category == "diverges_from_reference", result.summary
+    assert result.details["first_divergent_layer"] == "model.layers.0"

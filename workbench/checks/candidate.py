@@ -11,33 +11,50 @@ from .sandbox import SandboxResult, run_sandboxed, scrubbed_env
 BLOCKED = ("adapters", "kernels", "workbench")
 FORBIDDEN_MARKER = "WB_FORBIDDEN_IMPORT"
 
+# `importlib.util.find_spec` answering None for `names`, as for a missing module. transformers
+# probes the hub package `kernels` with it; where it gets a spec but no distribution version (a
+# plain checkout) it imports the package to read `__version__` (5.17 to 5.24), and where a hub
+# `kernels` release it accepts is installed (0.16 for 5.17) it imports names from it: either way
+# it reached the harness's `kernels`, which failed every model check of a gold port on a GPU host.
+_HIDE_FROM_FIND_SPEC = """
+import importlib.util
+def _is_hidden(name, _names={names!r}):
+    return name.partition(".")[0] in _names
+_find_spec = importlib.util.find_spec
+def _find_spec_hiding(name, package=None):
+    absolute = importlib.util.resolve_name(name, package) if name.startswith(".") else name
+    return None if _is_hidden(absolute) else _find_spec(name, package)
+importlib.util.find_spec = _find_spec_hiding
+"""
+
 # Executed before the payload in the candidate's interpreter; it imports nothing of the harness.
-_BOOTSTRAP = """
-import sys, importlib.machinery
+# A harness package looks absent whatever the install mode (a checkout on PYTHONPATH, `pip install
+# -e`, a wheel) and whatever else shares its name: no spec, and an import statement raises
+# ModuleNotFoundError naming the rule.
+_BOOTSTRAP = _HIDE_FROM_FIND_SPEC + """
+import sys
 class _Block:
-    # A spec whose loader raises: `import kernels` fails with the marker, while a library that
-    # only probes `importlib.util.find_spec("kernels")` (transformers does, for the hub package
-    # of that name) sees no installed distribution and moves on.
-    blocked = {blocked!r}
+    # First on sys.meta_path, so no later finder (the editable install's, the path finder over
+    # site-packages) is asked for these names by an import.
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in self.blocked:
-            return importlib.machinery.ModuleSpec(name, self)
+        if _is_hidden(name):
+            raise ModuleNotFoundError("{marker}: " + name + " belongs to the harness; a port may not import it",
+                                      name=name)
         return None
-    def create_module(self, spec):
-        return None
-    def exec_module(self, module):
-        raise ImportError("{marker}: " + module.__name__ + " belongs to the harness; a port may not import it")
 sys.meta_path.insert(0, _Block())
 for _name in list(sys.modules):
-    if _name.split(".")[0] in _Block.blocked:
+    if _is_hidden(_name):
         del sys.modules[_name]
 sys.path.insert(0, {workspace!r})
 """
 
+# Executed before a reference probe, where `kernels` is this project's package: transformers must
+# not take it for the hub package of that name (it would import names the package does not have).
+REFERENCE_PRELUDE = _HIDE_FROM_FIND_SPEC.format(names=("kernels",))
 
 def run_candidate(workspace: str | Path, payload: str, timeout_s: float, memory_mb: int | None = None,
                   env: dict[str, str] | None = None) -> SandboxResult:
     workspace = str(Path(workspace).resolve())
-    code = _BOOTSTRAP.format(blocked=BLOCKED, marker=FORBIDDEN_MARKER, workspace=workspace) + payload
+    code = _BOOTSTRAP.format(names=BLOCKED, marker=FORBIDDEN_MARKER, workspace=workspace) + payload
     return run_sandboxed([sys.executable, "-I", "-B", "-c", code], workspace, timeout_s, memory_mb,
                          env=scrubbed_env(env))

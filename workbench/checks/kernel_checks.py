@@ -1,7 +1,8 @@
 """Checks of a kernel port: `kernel_numerics` (the candidate's W4A8 GEMM against the exact
 contract result over a grid of shapes, run as its own Triton kernel: a GEMM handed to
 `torch.matmul` / `torch._int_mm` fails as `forbidden_op`) and `kernel_perf` (CUDA only: its time
-against bf16 `torch.matmul` on the same shapes).
+against bf16 `torch.matmul` on the same shapes, both by CUDA-graph replay over weights rotated
+past L2, the eager time per call beside it).
 
 Inputs and exact outputs come from the reference's process (`kernels.packing` and
 `kernels.reference`), made with the checks' hidden seed; the candidate sees only the inputs.
@@ -85,8 +86,13 @@ def check_kernel_perf(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResu
     timings = cand.result["timings"]
     speedups = [t["bf16_ms"] / t["candidate_ms"] for t in timings]
     geomean = math.exp(sum(map(math.log, speedups)) / len(speedups))
+    eager = [t for t in timings if not t["captured"]]
     details = {"device": cand.result["device_name"], "timings": timings}
     status = "pass" if geomean >= floor else "fail"
+    how = ("CUDA-graph replay" if not eager else
+           f"eager calls for {len(eager)} shape(s): the candidate could not be captured in a CUDA graph "
+           f"({eager[0].get('why_eager', 'no reason given')})")
     return CheckResult(name=name, status=status, category="none" if status == "pass" else "too_slow",
                        details=details, summary=f"{geomean:.2f}x bf16 torch.matmul (geomean over {len(cases)} "
-                                                f"shapes, floor {floor:.2f}x) on {details['device']}")
+                                                f"shapes, floor {floor:.2f}x) on {details['device']}, timed by {how}; "
+                                                "weights rotated past L2")

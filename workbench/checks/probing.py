@@ -1,11 +1,12 @@
 """Run a probe script (workbench/checks/probes/) in the candidate's process or in the
 reference's, and read back what it wrote. Reference runs are cached: they depend only on the
-reference module's source, the checkpoint and the probe arguments.
+reference module's source, the checkpoint, the probe arguments and the library releases.
 """
 
 import hashlib
-import re
+import importlib.metadata
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -17,12 +18,14 @@ import torch
 
 from ..tasks.sources import cache_root
 from .basic import from_process, tail
-from .candidate import run_candidate
+from .candidate import REFERENCE_PRELUDE, run_candidate
 from .result import CheckResult
 from .sandbox import SandboxResult, run_sandboxed, scrubbed_env
 
 PROBES = Path(__file__).parent / "probes"
 REFERENCE_PACKAGES = ("adapters", "kernels")  # whose source keys the reference cache
+# and the releases it runs on: transformers 4.57 and 5.x build the same model differently
+REFERENCE_LIBRARIES = ("torch", "triton", "transformers", "safetensors")
 
 
 @dataclass
@@ -68,10 +71,18 @@ def probe_candidate(tree: Path, probe: str, args: dict, timeout_s: float) -> Pro
 def _reference_key(probe: str, args: dict, repo_root: Path) -> str:
     digest = hashlib.sha256((PROBES / f"{probe}.py").read_bytes())
     digest.update(json.dumps(args, sort_keys=True).encode())
+    digest.update(" ".join(_version(name) for name in REFERENCE_LIBRARIES).encode())
     for package in REFERENCE_PACKAGES:
         for path in sorted((repo_root / package).glob("*.py")):
             digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:24]
+
+
+def _version(distribution: str) -> str:
+    try:
+        return f"{distribution}=={importlib.metadata.version(distribution)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{distribution} (absent)"
 
 
 def probe_reference(repo_root: Path, probe: str, args: dict, timeout_s: float,
@@ -82,8 +93,8 @@ def probe_reference(repo_root: Path, probe: str, args: dict, timeout_s: float,
         return _read(SandboxResult(0, "", "(cached)", 0.0), folder, folder)
     out = Path(tempfile.mkdtemp(prefix="wb-ref-"))
     env = scrubbed_env({"PYTHONPATH": str(repo_root), **_device_env(args)})
-    done = run_sandboxed([sys.executable, "-c", _payload(probe, {**args, "out": str(out)})], repo_root,
-                         timeout_s, env=env)
+    code = REFERENCE_PRELUDE + _payload(probe, {**args, "out": str(out)})
+    done = run_sandboxed([sys.executable, "-c", code], repo_root, timeout_s, env=env)
     run = _read(done, out)
     if done.returncode == 0 and run.result and not run.errors:
         folder.parent.mkdir(parents=True, exist_ok=True)
