@@ -229,3 +229,80 @@ def test_llama_default_rope_theta_fails_numerics(tmp_path):
     result = check("numerics", spec, tree, base)
     assert result.status == "fail" and result.category == "diverges_from_reference", result.summary
     assert result.details["first_divergent_layer"] == "model.layers.0"
+
+
+def test_kernel_doing_the_gemm_in_torch_elementwise_ops_fails_forbidden_op(tmp_path):
+    """A broadcast multiply-and-sum GEMM (no matmul op) beside a token Triton launch handed the
+    packed weight (so that the launches see all its bytes)."""
+    spec, tree, base = gold_port("w4a8_gemm_kernel", tmp_path)
+    (tree / "w4a8_kernel.py").write_text('''
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _touch(w_ptr):
+    tl.store(w_ptr, tl.load(w_ptr))
+
+
+def w4a8_gemm(x, weight_packed, weight_scale, group_size):
+    _touch[(1,)](weight_packed)
+    n, k = weight_packed.shape[0], x.shape[1]
+    words = weight_packed.to(torch.int64) & 0xFFFFFFFF
+    q = torch.stack([(words >> (4 * i)) & 0xF for i in range(8)], -1).reshape(n, -1)[:, :k] - 8
+    groups = k // weight_scale.shape[1]
+    xf = x.float()
+    s_x = xf.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127
+    x_q = torch.round(xf / s_x).to(torch.int64)  # integer products: no float tensor of the weight's shape
+    partial = (x_q[:, None, :] * q[None]).reshape(x.shape[0], n, -1, groups).sum(-1).float()
+    return ((partial * weight_scale.float()[None]).sum(-1) * s_x).to(torch.bfloat16)
+''')
+    result = check("kernel_numerics", spec, tree, base)
+    assert result.status == "fail" and result.category == "forbidden_op", result.summary
+    assert "the same with every Triton launch skipped" in result.summary, result.summary
+
+
+def test_w4a16_port_dequantized_at_load_fails_w4a8_execution(tmp_path):
+    """The seeds' first approach: every int4 weight dequantized to bf16 once, plain nn.Linear layers,
+    activations unquantized. Numerics cannot tell it from W4A8 on the tiny models (1.81% against a
+    right independent port's 1.82%); the structural check does."""
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    assert check("w4a8_execution", spec, tree, base).status == "pass"
+    port = tree / "w4a8_inference/qwen3.py"
+    port.write_text(port.read_text() + """
+import torch
+from ._gold.adapters.qwen3 import load_model as _load
+from ._gold.kernels.packing import unpack_w4a8
+
+
+def load_model(model_dir, device="cpu", use_triton=True):
+    model = _load(model_dir, device, use_triton=False)
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if hasattr(child, "qweight"):  # int4 -> bf16 once; then a plain nn.Linear
+                q = unpack_w4a8(child.qweight, child.in_features).float()
+                w = (q.reshape(q.shape[0], child.scales.shape[0], -1) * child.scales.t()[..., None]).reshape(q.shape)
+                linear = torch.nn.Linear(child.in_features, child.out_features, bias=False, dtype=torch.bfloat16)
+                linear.weight.data = w.to(torch.bfloat16)
+                setattr(parent, child_name, linear)
+    return model
+""")
+    result = check("w4a8_execution", spec, tree, base)
+    assert result.status == "fail" and result.category == "not_w4a8", result.summary
+    assert "model.layers.0.self_attn.q_proj" in result.summary
+
+
+def test_port_ignoring_use_triton_fails_w4a8_execution(tmp_path):
+    """use_triton=True quietly running the torch-native W4A8 path: the GEMMs run outside Triton."""
+    spec, tree, base = gold_port("qwen3_moe_w4a8", tmp_path)
+    port = tree / "w4a8_inference/qwen3_moe.py"
+    port.write_text(port.read_text() + """
+from ._gold.adapters.qwen3_moe import load_model as _load
+
+
+def load_model(model_dir, device="cpu", use_triton=True):
+    return _load(model_dir, device, use_triton=False)
+""")
+    result = check("w4a8_execution", spec, tree, base)
+    assert result.status == "fail" and result.category == "not_w4a8", result.summary

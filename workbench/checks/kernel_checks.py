@@ -1,6 +1,8 @@
 """Checks of a kernel port: `kernel_numerics` (the candidate's W4A8 GEMM against the exact
 contract result over a grid of shapes, run as its own Triton kernel: a GEMM handed to
-`torch.matmul` / `torch._int_mm` fails as `forbidden_op`) and `kernel_perf` (CUDA only: its time
+`torch.matmul` / `torch._int_mm`, weights dequantized in torch, Triton launches that are not
+handed the packed weight, or an output that comes out the same with every Triton launch skipped
+fail as `forbidden_op`) and `kernel_perf` (CUDA only: its time
 against bf16 `torch.matmul` on the same shapes, both by CUDA-graph replay over weights rotated
 past L2, the eager time per call beside it).
 
@@ -25,6 +27,9 @@ DEFAULT_CASES = [[1, 96, 128, 32], [7, 64, 256, -1], [33, 80, 192, 64]]
 DEFAULT_PERF_CASES = [[1, 4096, 4096, 128], [16, 24576, 4096, 128], [1, 4096, 12288, 128]]
 # bf16 output rounding is 2^-8 relative; the contract's own per-token rounding is exact.
 DEFAULT_RTOL = 1e-2
+# The Triton launches of one call must be handed at least this share of the packed weight's bytes
+# (a kernel of its own reads all of it; a token launch beside a torch GEMM reads none).
+MIN_WEIGHT_READ = 0.9
 
 
 def _inputs(spec: TaskSpec, cases: list, timeout_s: float) -> Path:
@@ -51,9 +56,22 @@ def check_kernel_numerics(spec: TaskSpec, check: CheckSpec, tree: Path) -> Check
         return CheckResult(name=name, status="fail", category="forbidden_op",
                            summary=f"the GEMM calls {', '.join(cand.result['matmul_ops'])}: a kernel task must run "
                                    "its own Triton kernel, not torch's matmul")
-    if cand.result["triton_launches"] == 0:
-        return CheckResult(name=name, status="fail", category="forbidden_op",
-                           summary="no Triton kernel was launched: the GEMM must run as a Triton kernel")
+    for (m, n, k, group), done in zip(cases, cand.result["cases"], strict=True):
+        case = f"M={m}, N={n}, K={k}, group_size={group}"
+        if done["dequantized_ops"]:
+            return CheckResult(name=name, status="fail", category="forbidden_op", details={"cases": cand.result["cases"]},
+                               summary=f"{case}: torch ops ({', '.join(done['dequantized_ops'])}) make a floating "
+                                       f"tensor of the weight's shape [{n}, {k}]: the int4 weights must be unpacked "
+                                       "inside the Triton kernel, not dequantized in torch")
+        if done["integer_bytes"] < MIN_WEIGHT_READ * done["packed_bytes"]:
+            return CheckResult(name=name, status="fail", category="forbidden_op", details={"cases": cand.result["cases"]},
+                               summary=f"{case}: the Triton launches ({done['launches']}) were handed "
+                                       f"{done['integer_bytes']} bytes of integer tensors, the packed weight is "
+                                       f"{done['packed_bytes']}: the GEMM's integer work must run in the Triton kernel")
+        if isinstance(done["without_triton"], float) and done["without_triton"] <= rtol:
+            return CheckResult(name=name, status="fail", category="forbidden_op", details={"cases": cand.result["cases"]},
+                               summary=f"{case}: the output is the same with every Triton launch skipped (within "
+                                       f"{done['without_triton']:.2%}): the GEMM runs outside the Triton kernels")
     expected = torch.load(folder / "expected.pt", weights_only=True)
     errors = []
     for (m, n, k, group), got, want in zip(cases, cand.tensors["outputs"], expected, strict=True):
@@ -70,7 +88,8 @@ def check_kernel_numerics(spec: TaskSpec, check: CheckSpec, tree: Path) -> Check
                                        "nibble order, the +8 offset, group scales and per-token rounding")
     return CheckResult(name=name, status="pass", details={"max_rel_errors": errors},
                        summary=f"{len(cases)} shapes within {max(errors):.2%} of the exact W4A8 result, "
-                               f"{cand.result['triton_launches']} Triton launches, no torch matmul")
+                               f"{cand.result['triton_launches']} Triton launches handed the packed weights, no "
+                               "torch matmul")
 
 
 def check_kernel_perf(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:

@@ -1,5 +1,5 @@
 """Checks of a model port against the reference adapter on the task's hidden-seed checkpoint:
-`shapes`, `weight_load`, `deterministic_output`, `numerics`. Each probes the port in the
+`shapes`, `weight_load`, `deterministic_output`, `numerics`, `w4a8_execution`. Each probes the port in the
 candidate's sandboxed process (probes/model_probe.py) and the reference in a process of its own,
 and turns the comparison into one result whose summary tells an agent what to fix.
 """
@@ -224,3 +224,53 @@ def check_numerics(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
     return CheckResult(name=name, status="fail", category="diverges_from_reference", details=details,
                        summary=f"logits differ from the reference by {error:.1%} rel. L2 (tolerance {rtol:.0%}), "
                                f"top-1 agreement {top1:.0%}; {where}")
+
+
+# Integer storage the port keeps, against the checkpoint's packed int4 bytes (N * K / 2 per layer):
+# int8-unpacked weights are 2.0x and dequantized ones 0x; the tiny MoE gold ports hold 1.15-1.22x
+# (expert index tables beside the weights), which the tiny models make a large share.
+RESIDENT_INT_RANGE = (0.9, 1.5)
+MIN_LAUNCHED_SHARE = 0.9  # of the resident integer bytes, handed to Triton launches in one forward
+
+
+def check_w4a8_execution(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
+    """With use_triton=True the quantized layers run as W4A8 Triton GEMMs on packed int4 storage:
+    no torch op touches a floating tensor of a quantized layer's weight shape (or a fusion of
+    siblings), no torch matmul takes one of any dtype, the model keeps about the packed int4 bytes
+    as integers, and one forward's Triton launches are handed them."""
+    name, timeout = check.name or "w4a8_execution", _timeout(check)
+    args = {**_args(spec, check, spec.target, ops=["execution"]), "use_triton": True}
+    cand = probe_candidate(tree, "model_probe", args, timeout)
+    if (problem := probe_failure(name, cand, "execution", timeout)) is not None:
+        return problem
+    seen = cand.result["execution"]
+    fail = dict(name=name, status="fail", category="not_w4a8", details=seen)
+
+    def what(op: dict) -> str:
+        return f"{op['op']} on a {op['dtype']} {op['shape']} tensor (the weight shape of {_names(op['layers'])})"
+
+    if seen["resident_floating_weights"]:
+        first = seen["resident_floating_weights"][0]
+        return CheckResult(**fail, summary=f"{first['tensor']} is a {first['dtype']} {first['shape']} tensor: the "
+                                           "quantized layers must keep their int4 weights packed, not dequantized")
+    if seen["torch_gemms"]:
+        return CheckResult(**fail, summary=f"{what(seen['torch_gemms'][0])}: with use_triton=True the quantized "
+                                           "layers' GEMMs must run in your Triton kernels, not in torch")
+    if seen["dequantized_ops"]:
+        return CheckResult(**fail, summary=f"{what(seen['dequantized_ops'][0])}: the int4 weights are dequantized "
+                                           "in torch; unpack them inside the Triton GEMM")
+    ratio = seen["resident_integer_bytes"] / max(seen["packed_bytes"], 1)
+    low, high = RESIDENT_INT_RANGE
+    if not low <= ratio <= high:
+        return CheckResult(**fail, summary=f"the model keeps {seen['resident_integer_bytes']} bytes of integer tensors "
+                                           f"for {seen['layers']} quantized layers whose packed int4 weights are "
+                                           f"{seen['packed_bytes']} bytes ({ratio:.2f}x, expected {low}-{high}x): "
+                                           "keep the weights as packed int4")
+    share = seen["resident_integer_bytes_launched"] / max(seen["resident_integer_bytes"], 1)
+    if share < MIN_LAUNCHED_SHARE:
+        return CheckResult(**fail, summary=f"one forward's {seen['launches']} Triton launches were handed {share:.0%} "
+                                           "of the model's packed weights: every quantized GEMM must run in Triton")
+    return CheckResult(name=name, status="pass", details=seen,
+                       summary=f"{seen['layers']} quantized layers held as packed int4 ({ratio:.2f}x the checkpoint's "
+                               f"bytes), {share:.0%} of them handed to {seen['launches']} Triton launches in one "
+                               "forward, no torch GEMM or dequantized weight")

@@ -42,7 +42,9 @@ class ProbeRun:
 
 
 def _payload(probe: str, args: dict) -> str:
-    return (PROBES / f"{probe}.py").read_text() + f"\nmain(__import__('json').loads({json.dumps(args)!r}))\n"
+    """The probe's text after the spies it uses (probes/spies.py), then its call."""
+    return ((PROBES / "spies.py").read_text() + "\n" + (PROBES / f"{probe}.py").read_text()
+            + f"\nmain(__import__('json').loads({json.dumps(args)!r}))\n")
 
 
 def _read(done: SandboxResult, out: Path, folder: Path | None = None) -> ProbeRun:
@@ -69,7 +71,7 @@ def probe_candidate(tree: Path, probe: str, args: dict, timeout_s: float) -> Pro
 
 
 def _reference_key(probe: str, args: dict, repo_root: Path) -> str:
-    digest = hashlib.sha256((PROBES / f"{probe}.py").read_bytes())
+    digest = hashlib.sha256((PROBES / "spies.py").read_bytes() + (PROBES / f"{probe}.py").read_bytes())
     digest.update(json.dumps(args, sort_keys=True).encode())
     digest.update(" ".join(_version(name) for name in REFERENCE_LIBRARIES).encode())
     for package in REFERENCE_PACKAGES:

@@ -10,7 +10,8 @@ import git
 from ..tasks.spec import CheckSpec, TaskSpec
 from .basic import check_command, check_import
 from .kernel_checks import check_kernel_numerics, check_kernel_perf
-from .model_checks import check_deterministic_output, check_numerics, check_shapes, check_weight_load
+from .model_checks import (check_deterministic_output, check_numerics, check_shapes, check_w4a8_execution,
+                           check_weight_load)
 from .result import CheckResult, settle_flaky
 from .static import DEFAULT_FORBIDDEN, DEFAULT_PROTECTED, check_no_forbidden_imports, check_protected_paths
 
@@ -43,6 +44,7 @@ RUNNERS: dict[str, Callable[[TaskSpec, CheckSpec, Path, str | None], CheckResult
     "weight_load": lambda spec, c, tree, base: check_weight_load(spec, c, tree),
     "deterministic_output": lambda spec, c, tree, base: check_deterministic_output(spec, c, tree),
     "numerics": lambda spec, c, tree, base: check_numerics(spec, c, tree),
+    "w4a8_execution": lambda spec, c, tree, base: check_w4a8_execution(spec, c, tree),
     "kernel_numerics": lambda spec, c, tree, base: check_kernel_numerics(spec, c, tree),
     "kernel_perf": lambda spec, c, tree, base: check_kernel_perf(spec, c, tree),
 }

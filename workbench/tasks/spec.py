@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-CHECK_KINDS = ("import", "shapes", "weight_load", "deterministic_output", "numerics", "kernel_numerics",
+CHECK_KINDS = ("import", "shapes", "weight_load", "deterministic_output", "numerics", "w4a8_execution", "kernel_numerics",
                "kernel_perf", "no_forbidden_imports", "protected_paths", "pytest", "command")
 
 

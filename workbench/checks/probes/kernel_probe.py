@@ -1,7 +1,9 @@
 """Run a candidate W4A8 GEMM on the reference's inputs inside the candidate's process, watching
-what it does: matmul-like torch ops are recorded (a kernel task forbids handing the GEMM to
-cuBLAS), and so are Triton kernel launches (the port must run a kernel of its own). Executed as
-text by the harness, followed by `main(ARGS)`; writes `<out>/result.json` and `<out>/tensors.pt`.
+what it does (probes/spies.py, executed ahead of this file): matmul-like torch ops (a kernel task
+forbids handing the GEMM to cuBLAS), torch ops on floating tensors of the weight's shape (weights
+dequantized outside the kernel) and, per case, the Triton launches with the integer bytes they
+were handed (the kernel must read the packed weight itself). Executed as text by the harness,
+followed by `main(ARGS)`; writes `<out>/result.json` and `<out>/tensors.pt`.
 
 Ops: `numerics` (outputs for every case) and `perf` (CUDA: the candidate's time per call against
 bf16 `torch.matmul` on the same shapes). Both are timed the way a decode engine runs them, by
@@ -18,49 +20,37 @@ import traceback
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
-MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "_int_mm", "linear", "dot", "mv", "addmv",
-              "_scaled_mm", "einsum", "tensordot", "convolution")
-LAUNCHES = {"count": 0}
 
 
-class MatmulSpy(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.seen: set[str] = set()
+def case_record(case: dict, launches: LaunchSpy, spy: OpSpy) -> dict:
+    """What one case's call did (the spy's calls since the previous case): its Triton launches
+    and the integer bytes they were handed against the packed weight's; torch matmuls; torch ops
+    on a floating tensor of the weight's shape [N, K] (weights dequantized outside the kernel).
+    Repacking the weight in torch is allowed: the kernel's layout is the port's own."""
+    packed = case["weight_packed"]
+    n, k = packed.shape[0], case["x"].shape[1]
+    dequantized = sorted({f"aten.{c['op']}" for c in spy.calls for t in c["inputs"] + c["outputs"]
+                          if t["floating"] and len(t["shape"]) >= 2 and sorted(t["shape"][-2:]) == sorted([n, k])})
+    matmuls = spy.matmul_ops
+    spy.calls.clear()
+    return {"launches": len(launches.launches), "integer_bytes": launches.integer_bytes(), "matmul_ops": matmuls,
+            "packed_bytes": packed.numel() * packed.element_size(), "dequantized_ops": dequantized}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name in MATMUL_OPS:
-            self.seen.add(f"aten.{name}")
-        return func(*args, **(kwargs or {}))
 
-
-def _count_launches() -> None:
-    """Count Triton launches: compiled (JITFunction.run) and interpreted (InterpretedFunction.run)."""
-    import triton.runtime.jit as jit
-
-    targets = [jit.JITFunction]
+def without_triton(fn, case: dict) -> float | str:
+    """The call on fresh activations with its Triton launches skipped, then run: the largest
+    difference between the two outputs relative to the real one's largest entry (0: the launches
+    computed nothing it returns), or the error the skipped call raised. Skipped first, so that
+    nothing of the real call can be handed back."""
+    x = case["x"].roll(1, dims=1)  # a result no earlier call computed
+    args = (case["weight_packed"], case["weight_scale"], case["group_size"])
     try:
-        import triton.runtime.interpreter as interpreter
-
-        targets.append(interpreter.InterpretedFunction)
-    except ImportError:
-        pass
-    for cls in targets:
-        original = cls.run
-
-        def run(self, *args, _original=original, **kwargs):
-            LAUNCHES["count"] += 1
-            return _original(self, *args, **kwargs)
-
-        cls.run = run
-
-
-def _call(fn, case: dict, device: str) -> torch.Tensor:
-    return fn(case["x"].to(device), case["weight_packed"].to(device), case["weight_scale"].to(device),
-              case["group_size"])
+        with LaunchSpy(run_kernels=False):
+            skipped = fn(x, *args).float()
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"[:300]
+    real = fn(x, *args).float()
+    return float((skipped - real).abs().nan_to_num(float("inf")).max() / real.abs().max().clamp_min(1e-12))
 
 
 ROTATE_BYTES = 256 * 2**20  # > 4x the 50-60 MB L2 of H100 / H200
@@ -146,21 +136,24 @@ def main(args: dict) -> None:
     out = Path(args["out"])
     out.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
-    _count_launches()
     fn = getattr(importlib.import_module(args["module"]), args["function"])
     device = args.get("device", "cpu")
     cases = torch.load(args["inputs"], weights_only=True)
     result, tensors = {"errors": {}}, {}
     if "numerics" in args["ops"]:
-        outputs, spy = [], MatmulSpy()
+        outputs, spy, per_case = [], OpSpy(), []
         try:
-            with spy:
-                for case in cases:
-                    outputs.append(_call(fn, case, device).float().cpu())
+            for case in cases:
+                case = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case.items()}
+                with spy, LaunchSpy() as launches:
+                    y = fn(case["x"], case["weight_packed"], case["weight_scale"], case["group_size"])
+                outputs.append(y.float().cpu())
+                per_case.append({**case_record(case, launches, spy), "without_triton": without_triton(fn, case)})
         except Exception as err:
             result["errors"]["numerics"] = "".join(traceback.format_exception(err)[-3:])[-2000:]
         tensors["outputs"] = outputs
-        result.update(matmul_ops=sorted(spy.seen), triton_launches=LAUNCHES["count"])
+        result.update(matmul_ops=sorted({op for c in per_case for op in c["matmul_ops"]}), cases=per_case,
+                      triton_launches=sum(c["launches"] for c in per_case))
     if "perf" in args["ops"]:
         timings = [perf_case(fn, case, device) for case in cases]
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

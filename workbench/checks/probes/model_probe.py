@@ -13,9 +13,13 @@ Ops (ARGS["ops"]):
   audit     which checkpoint tensors were read (at the safetensors level) and which model tensors
             depend on the RNG seed at load time (never loaded)
   perturb   for each checkpoint tensor, does perturbing it on disk move the logits
+  execution one forward with use_triton=True watched by the spies (probes/spies.py): torch ops on
+            a quantized layer's weight shape, the integer bytes handed to Triton launches, and
+            the tensors the model keeps resident
 """
 
 import importlib
+import itertools
 import json
 import shutil
 import sys
@@ -230,6 +234,106 @@ class Probe:
                         dead.append(name)
                 shutil.copy(self.model_dir / shard, copy / shard)
         result["perturb"] = {"dead": dead, "raised": raised, "reload_noise": reload_noise / max(scale, 1e-30)}
+
+
+    def execution(self, result: dict, tensors: dict) -> None:
+        layers = quantized_layers(self.model_dir)
+        by_shape = weight_shapes(layers)
+        model = self.load(use_triton=True)
+        # [2, 9]: no activation or attention operand has a weight's shape (no layer has 2, 9 or 18 rows)
+        ids = self.ids(2, 9, seed=3)
+        spy = OpSpy()
+        with spy, LaunchSpy() as launches:
+            logits_of(model(ids))
+
+        def weight_like(t: dict) -> list[str] | None:
+            return by_shape.get(tuple(sorted(t["shape"][-2:]))) if len(t["shape"]) >= 2 else None
+
+        torch_gemms, dequantized = {}, {}
+        for call in spy.calls:
+            for t in call["inputs"] + call["outputs"]:
+                names = weight_like(t)
+                if names is None:
+                    continue
+                seen = {"op": f"aten.{call['op']}", "shape": t["shape"], "dtype": t["dtype"], "layers": names[:3]}
+                if call["op"] in MATMUL_OPS and t in call["inputs"]:
+                    torch_gemms.setdefault((call["op"], tuple(t["shape"])), seen)
+                elif t["floating"]:
+                    dequantized.setdefault((call["op"], tuple(t["shape"])), seen)
+        launched = [t["start"] for launch in launches.launches for t in launch["tensors"] if not t["floating"]]
+        integer_bytes, handed_bytes, floating_weights = 0, 0, []
+        for name, t in resident_tensors(model):
+            if not t.dtype.is_floating_point and t.dtype != torch.bool:
+                storage = t.untyped_storage()
+                integer_bytes += storage.nbytes()
+                start = storage.data_ptr()
+                handed_bytes += storage.nbytes() * any(start <= p < start + storage.nbytes() for p in launched)
+            elif t.dim() >= 2 and tuple(sorted(t.shape[-2:])) in by_shape:
+                floating_weights.append({"tensor": name, "shape": list(t.shape), "dtype": str(t.dtype)[6:]})
+        result["execution"] = {
+            "packed_bytes": sum(n * k // 2 for n, k in layers.values()), "layers": len(layers),
+            "torch_gemms": list(torch_gemms.values())[:8], "dequantized_ops": list(dequantized.values())[:8],
+            "launches": len(launches.launches), "resident_integer_bytes": integer_bytes,
+            "resident_integer_bytes_launched": handed_bytes, "resident_floating_weights": floating_weights[:8]}
+
+
+def quantized_layers(model_dir: Path) -> dict[str, tuple[int, int]]:
+    """Each quantized layer of the checkpoint -> its weight's (N, K), whatever the format: awq
+    `qweight` [K, N/8], compressed-tensors `weight_packed` [N, K/8] (with `weight_shape`), or int
+    values stored unpacked in an integer `weight` beside a `weight_scale`."""
+    layers = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with _safe_open(str(shard), framework="pt") as f:
+            keys = set(f.keys())
+            for key in keys:
+                prefix, _, leaf = key.rpartition(".")
+                shape = f.get_slice(key).get_shape()
+                if leaf == "qweight":
+                    layers[prefix] = (shape[1] * 8, shape[0])
+                elif leaf == "weight_packed":
+                    size = f.get_tensor(f"{prefix}.weight_shape").tolist() if f"{prefix}.weight_shape" in keys else None
+                    layers[prefix] = tuple(size) if size else (shape[0], shape[1] * 8)
+                elif leaf == "weight" and f"{prefix}.weight_scale" in keys and "int" in f.get_slice(key).get_dtype().lower():
+                    layers[prefix] = (shape[0], shape[1])
+    return layers
+
+
+def weight_shapes(layers: dict[str, tuple[int, int]]) -> dict[tuple, list[str]]:
+    """Sorted (rows, cols) -> the layers a floating tensor of that shape could be the weight of:
+    each layer's own, and the fusions of siblings with one K (q+k+v, k+v, gate+up)."""
+    shapes: dict[tuple, list[str]] = {}
+    siblings: dict[tuple, list[str]] = {}
+    for prefix, (n, k) in sorted(layers.items()):
+        shapes.setdefault(tuple(sorted((n, k))), []).append(prefix)
+        siblings.setdefault((prefix.rpartition(".")[0], k), []).append(prefix)
+    for (_, k), names in siblings.items():
+        for size in range(2, len(names) + 1):
+            for group in itertools.combinations(names, size):
+                fused = sum(layers[name][0] for name in group)
+                shapes.setdefault(tuple(sorted((fused, k))), []).append("+".join(group))
+    return shapes
+
+
+def resident_tensors(model) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor reachable from the model's modules (parameters, buffers, and tensors kept in
+    plain attributes, lists or dicts), one per storage."""
+    found, seen = [], set()
+    modules = model.named_modules() if isinstance(model, torch.nn.Module) else [("", model)]
+    for module_name, module in modules:
+        items = list(getattr(module, "_parameters", {}).items()) + list(getattr(module, "_buffers", {}).items())
+        for attr, value in vars(module).items():
+            if isinstance(value, torch.Tensor):
+                items.append((attr, value))
+            elif isinstance(value, (list, tuple)):
+                items += [(f"{attr}[{i}]", v) for i, v in enumerate(value) if isinstance(v, torch.Tensor)]
+            elif isinstance(value, dict) and attr not in ("_parameters", "_buffers"):
+                items += [(f"{attr}[{k!r}]", v) for k, v in value.items() if isinstance(v, torch.Tensor)]
+        for attr, t in items:
+            if t is None or t.is_meta or t.untyped_storage().data_ptr() in seen:
+                continue
+            seen.add(t.untyped_storage().data_ptr())
+            found.append((f"{module_name}.{attr}" if module_name else attr, t))
+    return found
 
 
 DEAD_TOLERANCE = 1e-2  # of the largest logit: below it a perturbed tensor did not move the logits

@@ -1,0 +1,105 @@
+"""What a probed process does, watched from inside it: the torch ops it dispatches and the Triton
+kernels it launches. Executed as text ahead of a probe (kernel_probe.py, model_probe.py), like
+them it imports only the standard library, torch and (lazily) triton.
+
+`OpSpy` records every aten op under a TorchDispatchMode with the shapes and dtypes of its tensor
+inputs and outputs; `LaunchSpy` records (and on request skips) every Triton launch (compiled: JITFunction.run;
+interpreted: InterpretedFunction.run) with its tensor arguments' shape, dtype and address range.
+Both record only inside their `with` block.
+"""
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+# aten ops that are a matrix product, whatever the dtype
+MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "_int_mm", "linear", "dot", "mv", "addmv",
+              "_scaled_mm", "einsum", "tensordot", "convolution", "_weight_int8pack_mm", "_weight_int4pack_mm")
+
+
+def tensor_facts(t: torch.Tensor) -> dict:
+    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+            "floating": t.dtype.is_floating_point}
+
+
+class OpSpy(TorchDispatchMode):
+    """Each aten op called in the block: {"op", "inputs": [facts], "outputs": [facts]}."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[dict] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.calls.append({"op": func.overloadpacket.__name__,
+                           "inputs": [tensor_facts(t) for t in tree_leaves((args, kwargs or {}))
+                                      if isinstance(t, torch.Tensor)],
+                           "outputs": [tensor_facts(t) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]})
+        return out
+
+    @property
+    def matmul_ops(self) -> list[str]:
+        return sorted({f"aten.{c['op']}" for c in self.calls if c["op"] in MATMUL_OPS})
+
+
+class LaunchSpy:
+    """Each Triton launch in the block: {"kernel", "tensors": [facts + "start", "nbytes"]}. With
+    `run_kernels=False` the launches are recorded and not run (what a call computes without its
+    Triton kernels tells whether they do its work)."""
+
+    launches: list[dict] = []
+    recording = False
+    skipping = False
+    installed = False
+
+    def __init__(self, run_kernels: bool = True):
+        self.run_kernels = run_kernels
+
+    def __enter__(self):
+        self.install()
+        LaunchSpy.launches, LaunchSpy.recording, LaunchSpy.skipping = [], True, not self.run_kernels
+        return self
+
+    def __exit__(self, *exc):
+        LaunchSpy.recording = LaunchSpy.skipping = False
+
+    @classmethod
+    def install(cls) -> None:
+        if cls.installed:
+            return
+        import triton.runtime.jit as jit
+
+        targets = [jit.JITFunction]
+        try:
+            import triton.runtime.interpreter as interpreter
+
+            targets.append(interpreter.InterpretedFunction)
+        except ImportError:
+            pass
+        for target in targets:
+            original = target.run
+
+            def run(self, *args, _original=original, **kwargs):
+                if LaunchSpy.recording:
+                    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+                    LaunchSpy.launches.append({
+                        "kernel": getattr(getattr(self, "fn", None), "__name__", "?"),
+                        "tensors": [{**tensor_facts(t), "start": t.data_ptr(), "nbytes": t.numel() * t.element_size()}
+                                    for t in tensors]})
+                if LaunchSpy.skipping:
+                    return None
+                return _original(self, *args, **kwargs)
+
+            target.run = run
+        cls.installed = True
+
+    def integer_bytes(self) -> int:
+        """Bytes of integer tensors the launches were handed, each address counted once."""
+        spans = sorted((t["start"], t["start"] + t["nbytes"]) for launch in self.launches
+                       for t in launch["tensors"] if not t["floating"] and t["dtype"] != "bool")
+        total, end = 0, -1
+        for start, stop in spans:
+            if stop > end:
+                total += stop - max(start, end)
+                end = stop
+        return total
