@@ -306,3 +306,59 @@ def load_model(model_dir, device="cpu", use_triton=True):
 """)
     result = check("w4a8_execution", spec, tree, base)
     assert result.status == "fail" and result.category == "not_w4a8", result.summary
+
+
+def test_generate_answering_per_shape_fails_deterministic_output(tmp_path):
+    """State kept per shape (a static cache or buffer not reset): a new prompt of the same shape
+    gets the previous answer."""
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    port = tree / "w4a8_inference/qwen3.py"
+    port.write_text(port.read_text() + """
+from ._gold.adapters.qwen3 import generate as _generate
+
+_answers = {}
+
+
+def generate(model, input_ids, max_new_tokens):
+    key = (tuple(input_ids.shape), max_new_tokens)
+    if key not in _answers:
+        _answers[key] = _generate(model, input_ids, max_new_tokens)
+    return _answers[key]
+""")
+    result = check("deterministic_output", spec, tree, base)
+    assert result.status == "fail" and result.category == "nondeterministic", result.summary
+    assert "state kept per shape" in result.summary
+
+
+def test_model_ignoring_the_attention_mask_fails_deterministic_output(tmp_path):
+    spec, tree, base = gold_port("ernie4_5_w4a8", tmp_path)
+    port = tree / "w4a8_inference/ernie4_5.py"
+    port.write_text(port.read_text() + """
+from ._gold.adapters.ernie4_5 import load_model as _load
+
+
+def load_model(model_dir, device="cpu", use_triton=True):
+    model = _load(model_dir, device, use_triton)
+    forward = model.forward
+    model.forward = lambda input_ids, attention_mask=None, **kwargs: forward(input_ids, **kwargs)
+    return model
+""")
+    result = check("deterministic_output", spec, tree, base)
+    assert result.status == "fail" and result.category == "ignores_attention_mask", result.summary
+    assert "left-padded batch" in result.summary
+
+
+def test_generate_returning_only_new_tokens_is_a_contract_violation(tmp_path):
+    """The port's own contract violation is its failure, named with the shape: never `infrastructure`."""
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    port = tree / "w4a8_inference/qwen3.py"
+    port.write_text(port.read_text() + """
+from ._gold.adapters.qwen3 import generate as _generate
+
+
+def generate(model, input_ids, max_new_tokens):
+    return _generate(model, input_ids, max_new_tokens)[:, input_ids.shape[1]:]
+""")
+    result = check("deterministic_output", spec, tree, base)
+    assert result.status == "fail" and result.category == "contract_violation", result.summary
+    assert "returned [2, 6] for prompts [2, 6]" in result.summary and "only the new tokens" in result.summary

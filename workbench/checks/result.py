@@ -7,7 +7,8 @@ from pydantic import BaseModel, Field
 Status = Literal["pass", "fail", "error", "skip", "flaky"]
 CATEGORIES = ("shape_mismatch", "missing_weights", "unused_weights", "nondeterministic", "diverges_from_reference",
               "import_error", "timeout", "crash", "forbidden_import", "forbidden_op", "tampering", "command_failed",
-              "memory_limit", "too_slow", "infrastructure", "none")
+              "memory_limit", "too_slow", "not_w4a8", "ignores_attention_mask", "contract_violation", "infrastructure",
+              "none")
 ACCEPTED = ("pass", "skip")  # a skipped check (kernel_perf without a GPU) blocks nothing
 
 

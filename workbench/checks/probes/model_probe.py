@@ -8,8 +8,11 @@ through files: `<out>/result.json` (shapes, names, tokens) and `<out>/tensors.pt
 Ops (ARGS["ops"]):
   grid      logits and per-layer hidden shapes over (B, T) cases, a left-padded batch among them
   logits    teacher-forced logits and per-layer hidden states for fixed ids
-  generate  greedy tokens for fixed prompts: twice in this process, and each prompt inside a batch
-  margins   top-1 minus top-2 logit at each greedy step (reference only: where ties make tokens unstable)
+  generate  greedy tokens for fixed prompts: twice in this process, a prompt alone and inside a
+            batch, then other prompts of the same shape
+  padded    logits of a left-padded batch and of each of its prompts alone
+  margins   top-1 minus top-2 logit at each greedy step of both prompt batches (reference only:
+            where ties make tokens unstable)
   audit     which checkpoint tensors were read (at the safetensors level) and which model tensors
             depend on the RNG seed at load time (never loaded)
   perturb   for each checkpoint tensor, does perturbing it on disk move the logits
@@ -166,28 +169,47 @@ class Probe:
         result["layers"] = tap.names
 
     def generate(self, result: dict, tensors: dict) -> None:
-        """Three calls in order: the batch, the same batch again, its first prompt alone. A later
-        call that raises is recorded, not fatal: state leaking from an earlier call is the finding."""
+        """Four calls in order: the batch, the same batch again, its first prompt alone, another
+        batch of the same shape. A later call that raises is recorded, not fatal: state leaking
+        from an earlier call is the finding."""
         model = self.load()
         prompts = self.ids(*self.args["prompts_shape"], seed=11)
         new = self.args["new_tokens"]
         tensors["first"] = self.module.generate(model, prompts, new).cpu()
-        for call, ids in (("second", prompts), ("alone", prompts[:1])):
+        for call, ids in (("second", prompts), ("alone", prompts[:1]), ("other", self.other_prompts())):
             try:
                 tensors[call] = self.module.generate(model, ids, new).cpu()
             except Exception as err:
                 result.setdefault("generate_errors", {})[call] = _error_text(err)
 
-    def margins(self, result: dict, tensors: dict) -> None:
-        """Teacher-forced over the greedy continuation: the gap between the two best logits at
-        each generated step (a near-tie can flip under any valid rounding difference)."""
+    def other_prompts(self) -> torch.Tensor:
+        """Prompts of the same shape as the first batch, other tokens (seed 12 against 11)."""
+        return self.ids(*self.args["prompts_shape"], seed=12)
+
+    def padded(self, result: dict, tensors: dict) -> None:
+        """Logits of a left-padded batch (rows `pads` tokens shorter, pad id where the mask is 0)
+        and of each row's prompt run alone."""
         model = self.load()
-        prompts = self.ids(*self.args["prompts_shape"], seed=11)
-        tokens = self.module.generate(model, prompts, self.args["new_tokens"])
-        logits = logits_of(model(tokens)).float().cpu()
-        steps = logits[:, prompts.shape[1] - 1:-1]
-        top2 = steps.topk(2, dim=-1).values
-        tensors.update(tokens=tokens.cpu(), margins=top2[..., 0] - top2[..., 1], logit_std=logits.std())
+        pads = self.args["pads"]
+        ids = self.ids(len(pads), self.args["padded_length"], seed=13)
+        mask = torch.ones_like(ids)
+        for row, pad in enumerate(pads):
+            mask[row, :pad] = 0
+            ids[row, :pad] = self.config.get("pad_token_id") or 0
+        tensors["padded"] = logits_of(model(ids, attention_mask=mask)).float().cpu()
+        tensors["unpadded"] = [logits_of(model(ids[row:row + 1, pad:])).float().cpu()[0]
+                               for row, pad in enumerate(pads)]
+
+    def margins(self, result: dict, tensors: dict) -> None:
+        """Teacher-forced over the greedy continuations of both prompt batches: the gap between the
+        two best logits at each generated step (a near-tie can flip under any valid rounding)."""
+        model = self.load()
+        for key, prompts in (("", self.ids(*self.args["prompts_shape"], seed=11)), ("other_", self.other_prompts())):
+            tokens = self.module.generate(model, prompts, self.args["new_tokens"])
+            logits = logits_of(model(tokens)).float().cpu()
+            top2 = logits[:, prompts.shape[1] - 1:-1].topk(2, dim=-1).values
+            tensors.update({f"{key}tokens": tokens.cpu(), f"{key}margins": top2[..., 0] - top2[..., 1],
+                            f"{key}logit_std": logits.std()})
 
     def audit(self, result: dict, tensors: dict) -> None:
         READS.clear()
