@@ -1,13 +1,16 @@
 """Tiny random-weight HF checkpoints for every adapter family (nothing comes from a hub).
 
-    python -m adapters.tiny qwen3 /tmp/tiny-qwen3 [--tier cpu|triton] [--seed 0]
+    python -m adapters.tiny qwen3 /tmp/tiny-qwen3 [--tier cpu|triton] [--seed 0] [--train-steps 200]
 
 Each checkpoint exercises the quirks ports get wrong (../shared/REFERENCE.md): heads * head_dim
 != hidden, GQA, Qwen3 q_norm/k_norm (set away from 1 so that skipping them changes the
 output), Ernie's interleaved rope, Ernie-MoE's dense layer 0, shared experts and a nonzero
 e_score_correction_bias. The "cpu" tier is small enough for the Triton interpreter; the
 "triton" tier has Triton-friendly sizes (hidden 256, head_dim 128, K multiples of 128).
-A small byte-level BPE tokenizer with a ChatML template is trained offline on a built-in text,
+With --train-steps the random model is then trained briefly (seconds on a CPU) on a synthetic
+corpus in which every token has one successor (a fixed permutation): its greedy decoding is then
+confident (top-1 leads top-2 by ~1-6 logits where the random model has near-ties within a few
+tokens), so that checks can compare every generated token. A small byte-level BPE tokenizer with a ChatML template is trained offline on a built-in text,
 so the chat path of `adapters.infer` works on these models too.
 """
 
@@ -92,10 +95,33 @@ def make_tokenizer() -> transformers.PreTrainedTokenizerFast:
     return fast
 
 
+def train_on_successors(model: torch.nn.Module, steps: int, seed: int, batch: int = 16, length: int = 32) -> float:
+    """Train `model` (fp32) to predict each token's successor under a permutation of the ordinary
+    tokens (the special ids 0-2 never occur); returns the last loss."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    successor = torch.arange(VOCAB_SIZE)
+    first = len(SPECIAL_TOKENS)
+    successor[first:] = first + torch.randperm(VOCAB_SIZE - first, generator=generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    loss = torch.tensor(float("nan"))
+    with torch.enable_grad():
+        for _ in range(steps):
+            tokens = [torch.randint(first, VOCAB_SIZE, (batch,), generator=generator)]
+            for _ in range(length - 1):
+                tokens.append(successor[tokens[-1]])
+            ids = torch.stack(tokens, dim=1)
+            loss = model(ids, labels=ids).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return float(loss)
+
+
 @torch.no_grad()
 def make(family: str, out_dir: str | Path, tier: str = "cpu", seed: int = 0,
-         dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write a random-weight HF checkpoint (config, safetensors, tokenizer) and return its dir."""
+         dtype: torch.dtype = torch.bfloat16, train_steps: int = 0) -> Path:
+    """Write a random-weight HF checkpoint (config, safetensors, tokenizer), trained for
+    `train_steps` on the successor corpus, and return its dir."""
     config = make_config(family, tier)
     tokenizer = make_tokenizer()
     config.eos_token_id = tokenizer.eos_token_id
@@ -110,6 +136,10 @@ def make(family: str, out_dir: str | Path, tier: str = "cpu", seed: int = 0,
             p.copy_(0.01 * torch.randn_like(p))
         elif p.dim() >= 2:
             p.normal_(0.0, 0.5 / p.shape[-1] ** 0.5)  # unit-ish activations through every layer
+    if train_steps:
+        model.train()
+        train_on_successors(model, train_steps, seed)
+        model.eval()
     model.to(dtype)
     for name, p in model.named_parameters():
         if name.endswith(keep_fp32):
@@ -136,8 +166,9 @@ def main() -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--tier", choices=tuple(TIERS), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-steps", type=int, default=0, help="train on the successor corpus (0: random)")
     args = parser.parse_args()
-    print(make(args.family, args.out_dir, args.tier, args.seed))
+    print(make(args.family, args.out_dir, args.tier, args.seed, train_steps=args.train_steps))
 
 
 if __name__ == "__main__":

@@ -361,4 +361,30 @@ def generate(model, input_ids, max_new_tokens):
 """)
     result = check("deterministic_output", spec, tree, base)
     assert result.status == "fail" and result.category == "contract_violation", result.summary
-    assert "returned [2, 6] for prompts [2, 6]" in result.summary and "only the new tokens" in result.summary
+    assert "returned [2, 8] for prompts [2, 6]" in result.summary and "only the new tokens" in result.summary
+
+
+def test_last_token_copied_instead_of_decoded_fails_deterministic_output(tmp_path):
+    """The fixtures decode confidently (trained on a successor corpus), so every new token is
+    compared: a `generate` that repeats its next-to-last token instead of decoding the last fails."""
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    port = tree / "w4a8_inference/qwen3.py"
+    port.write_text(port.read_text() + """
+import torch
+from ._gold.adapters.qwen3 import generate as _generate
+
+
+def generate(model, input_ids, max_new_tokens):
+    tokens = _generate(model, input_ids, max_new_tokens - 1)
+    return torch.cat([tokens, tokens[:, -1:]], dim=1)
+""")
+    result = check("deterministic_output", spec, tree, base)
+    assert result.status == "fail" and result.category == "diverges_from_reference", result.summary
+    assert "greedy token 7 of prompt 0" in result.summary
+
+
+def test_gold_decoding_is_compared_over_every_new_token(tmp_path):
+    spec, tree, base = gold_port("qwen3_moe_w4a8", tmp_path)
+    result = check("deterministic_output", spec, tree, base)
+    assert result.status == "pass", result.summary
+    assert result.details["compared_tokens"] == result.details["of"] == 32, result.details

@@ -152,7 +152,7 @@ def _generated(tokens: torch.Tensor, batch: int, prompt_len: int, new: int, call
 def check_deterministic_output(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
     name, timeout = check.name or "deterministic_output", _timeout(check)
     batch, prompt_len = check.params.get("prompts_shape", [2, 6])
-    new = check.params.get("new_tokens", 6)
+    new = check.params.get("new_tokens", 8)
     args = _args(spec, check, spec.target, ops=["generate", "padded"], prompts_shape=[batch, prompt_len],
                  new_tokens=new, pads=check.params.get("pads", DEFAULT_PADS),
                  padded_length=check.params.get("padded_length", PADDED_LENGTH))
