@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export repo=$PWD mode=${MODE:-plain} out=${OUT_DIR:-/tmp/gpu-validate}
-limit=${LIMIT_S:-280}
+limit=${LIMIT_S:-600}
 mkdir -p "$out"
 if [ "$mode" = pip ]; then
     python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || exit 1
@@ -15,7 +15,7 @@ else
     export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
     run() { python3 -m workbench.cli validate "tasks/$1.yaml" --device cuda --json "$out/$mode-$1.json"; }
 fi
-for task in $(ls tasks/*.yaml | xargs -n1 basename | sed 's/\.yaml$//'); do
+for task in ${TASKS:-$(ls tasks/*.yaml | xargs -n1 basename | sed "s/\.yaml$//")}; do
     cache="/tmp/wb-$mode-$task"
     mkdir -p "$cache" && { [ -d "${SEED_CACHE:-}/pip" ] && cp -r "$SEED_CACHE/pip" "$cache/"; }
     (export -f run; WB_CACHE_DIR="$cache" timeout "$limit" bash -c "run $task" > "$out/$mode-$task.log" 2>&1) &

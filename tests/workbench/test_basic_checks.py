@@ -68,3 +68,24 @@ def test_transformers_sees_no_kernels_package(tmp_path):
                                           "print(import_utils.is_kernels_available())\n"})
     done = run_candidate(ws, "import port.probe\n", 120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+def test_interpreter_rounds_fp32_to_bf16_as_a_gpu_does(tmp_path):
+    """Inside the candidate's process, a Triton cast fp32 -> bf16 under TRITON_INTERPRET rounds to
+    nearest even (Triton's interpreter alone truncates), ties included, like torch; NaN stays NaN."""
+    kernel = ("import json, torch, triton, triton.language as tl\n"
+              "@triton.jit\n"
+              "def cast(x_ptr, y_ptr, n: tl.constexpr):\n"
+              "    o = tl.arange(0, n)\n"
+              "    tl.store(y_ptr + o, tl.load(x_ptr + o).to(tl.bfloat16))\n"
+              "x = torch.tensor([1 + 2**-8 + 2**-12, 1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-7 - 2**-12), 3e38, float('nan'),"
+              " 1e-40, 0.0], dtype=torch.float32)\n"
+              "y = torch.empty(8, dtype=torch.bfloat16)\n"
+              "cast[(1,)](x, y, 8)\n"
+              "print(json.dumps([y.view(torch.int16).tolist(), x.to(torch.bfloat16).view(torch.int16).tolist(),"
+              " bool(y[5].isnan())]))\n")
+    ws = tree(tmp_path, {"port/__init__.py": "", "port/cast.py": kernel})
+    done = run_candidate(ws, "import port.cast\n", 120, env={"TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    got, want, nan = json.loads(done.stdout)
+    assert got[:5] + got[6:] == want[:5] + want[6:] and nan  # NaN bit patterns differ by backend

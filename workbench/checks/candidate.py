@@ -27,11 +27,34 @@ def _find_spec_hiding(name, package=None):
 importlib.util.find_spec = _find_spec_hiding
 """
 
+# Under TRITON_INTERPRET=1, Triton 3.6-3.9 casts fp32 to bf16 by truncation, where a GPU rounds to
+# nearest even: a port that is right on a GPU came out 2% off on the CPU checks. The candidate's
+# and the reference's interpreters round as the GPU does.
+_INTERPRETER_ROUNDING = """
+import os
+if os.environ.get("TRITON_INTERPRET") == "1":
+    try:
+        import numpy as _np
+        import triton.language as _tl
+        from triton.runtime import interpreter as _interpreter
+        _cast = _interpreter.InterpreterBuilder.cast_impl
+        def _cast_rounding(self, src, dst_type):
+            if src.dtype.scalar == _tl.float32 and dst_type.scalar == _tl.bfloat16:
+                bits = _np.ascontiguousarray(src.data, dtype=_np.float32).view(_np.uint32)
+                rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(_np.uint16)
+                quiet_nan = ((bits >> 16) | 0x40).astype(_np.uint16)
+                return _interpreter.TensorHandle(_np.where(_np.isnan(src.data), quiet_nan, rounded), dst_type.scalar)
+            return _cast(self, src, dst_type)
+        _interpreter.InterpreterBuilder.cast_impl = _cast_rounding
+    except (ImportError, AttributeError):  # another Triton: its interpreter is left as it is
+        pass
+"""
+
 # Executed before the payload in the candidate's interpreter; it imports nothing of the harness.
 # A harness package looks absent whatever the install mode (a checkout on PYTHONPATH, `pip install
 # -e`, a wheel) and whatever else shares its name: no spec, and an import statement raises
 # ModuleNotFoundError naming the rule.
-_BOOTSTRAP = _HIDE_FROM_FIND_SPEC + """
+_BOOTSTRAP = _HIDE_FROM_FIND_SPEC + _INTERPRETER_ROUNDING + """
 import sys
 class _Block:
     # First on sys.meta_path, so no later finder (the editable install's, the path finder over
@@ -50,7 +73,7 @@ sys.path.insert(0, {workspace!r})
 
 # Executed before a reference probe, where `kernels` is this project's package: transformers must
 # not take it for the hub package of that name (it would import names the package does not have).
-REFERENCE_PRELUDE = _HIDE_FROM_FIND_SPEC.format(names=("kernels",))
+REFERENCE_PRELUDE = _HIDE_FROM_FIND_SPEC.format(names=("kernels",)) + _INTERPRETER_ROUNDING
 
 def run_candidate(workspace: str | Path, payload: str, timeout_s: float, memory_mb: int | None = None,
                   env: dict[str, str] | None = None) -> SandboxResult:

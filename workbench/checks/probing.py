@@ -71,7 +71,8 @@ def probe_candidate(tree: Path, probe: str, args: dict, timeout_s: float) -> Pro
 
 
 def _reference_key(probe: str, args: dict, repo_root: Path) -> str:
-    digest = hashlib.sha256((PROBES / "spies.py").read_bytes() + (PROBES / f"{probe}.py").read_bytes())
+    digest = hashlib.sha256(REFERENCE_PRELUDE.encode() + (PROBES / "spies.py").read_bytes()
+                            + (PROBES / f"{probe}.py").read_bytes())
     digest.update(json.dumps(args, sort_keys=True).encode())
     digest.update(" ".join(_version(name) for name in REFERENCE_LIBRARIES).encode())
     for package in REFERENCE_PACKAGES:
