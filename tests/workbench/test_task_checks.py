@@ -6,6 +6,7 @@ apply, so a refactor of the gold cannot silently turn a bug test into a gold tes
 the real tasks, against the real reference, under the Triton interpreter.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,8 @@ def generate(model, input_ids, max_new_tokens):  # one KV cache for the life of 
 """)
     result = check("deterministic_output", spec, tree, base)
     assert result.status == "fail" and result.category == "nondeterministic"
-    assert "two identical generate calls in one process" in result.summary
+    # the second call either differs or raises (the kept cache overflows its positions)
+    assert "identical generate call" in result.summary and "in one process" in result.summary, result.summary
 
 
 def test_wrong_head_dim_fails_shapes_naming_the_projection(tmp_path):
@@ -202,9 +204,16 @@ def test_validate_every_task(tmp_path):
 
     tasks = sorted(str(p) for p in (REPO / "tasks").glob("*.yaml"))
     assert len(tasks) == 5
-    result = CliRunner().invoke(app, ["validate", *tasks, "--root", str(tmp_path)], terminal_width=200)
+    records = tmp_path / "validate.json"
+    result = CliRunner().invoke(app, ["validate", *tasks, "--root", str(tmp_path), "--json", str(records)],
+                                terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "5 task(s) valid" in result.output and "NOT valid" not in result.output
+    # the trained fixtures decode confidently: every new token of every gold port is compared
+    for task in json.loads(records.read_text()):
+        for check in task["gold"]:
+            if check["name"] == "deterministic_output":
+                assert check["details"]["compared_tokens"] == check["details"]["of"] == 32, (task["task"], check)
 
 
 def test_steps_before_tie_counts_clear_greedy_steps():
@@ -381,10 +390,3 @@ def generate(model, input_ids, max_new_tokens):
     result = check("deterministic_output", spec, tree, base)
     assert result.status == "fail" and result.category == "diverges_from_reference", result.summary
     assert "greedy token 7 of prompt 0" in result.summary
-
-
-def test_gold_decoding_is_compared_over_every_new_token(tmp_path):
-    spec, tree, base = gold_port("qwen3_moe_w4a8", tmp_path)
-    result = check("deterministic_output", spec, tree, base)
-    assert result.status == "pass", result.summary
-    assert result.details["compared_tokens"] == result.details["of"] == 32, result.details
