@@ -137,13 +137,13 @@ DEFAULT_PADS, PADDED_LENGTH = [0, 2, 3], 8
 PADDED_RTOL = 0.05
 
 
-def _generated(tokens: torch.Tensor, batch: int, prompt_len: int, new: int, call: str) -> CheckResult | None:
+def _generated(name: str, tokens: torch.Tensor, batch: int, prompt_len: int, new: int, call: str) -> CheckResult | None:
     """A contract violation when `generate` did not return [B, T + new] (the prompt, then the new tokens)."""
     want = [batch, prompt_len + new]
     if tokens.dim() == 2 and list(tokens.shape) == want:
         return None
     only_new = tokens.dim() == 2 and list(tokens.shape) == [batch, new]
-    return CheckResult(name="", status="fail", category="contract_violation", details={"shape": list(tokens.shape)},
+    return CheckResult(name=name, status="fail", category="contract_violation", details={"shape": list(tokens.shape)},
                        summary=f"generate({call}) returned {list(tokens.shape)} for prompts [{batch}, {prompt_len}] and "
                                f"max_new_tokens={new}; the contract is [B, T + new] = {want}, the prompt followed by "
                                "the new tokens" + (" (it returned only the new tokens)" if only_new else ""))
@@ -164,8 +164,8 @@ def check_deterministic_output(spec: TaskSpec, check: CheckSpec, tree: Path) -> 
             return problem
         runs.append(run)
     first = runs[0].tensors["first"]
-    if (violation := _generated(first, batch, prompt_len, new, "prompts")) is not None:
-        return violation.model_copy(update={"name": name})
+    if (violation := _generated(name, first, batch, prompt_len, new, "prompts")) is not None:
+        return violation
     second, alone, other = (runs[0].tensors.get(k) for k in ("second", "alone", "other"))
     later_errors = runs[0].result.get("generate_errors", {})
     fail = dict(name=name, status="fail", category="nondeterministic")
@@ -201,8 +201,8 @@ def check_deterministic_output(spec: TaskSpec, check: CheckSpec, tree: Path) -> 
                            "(before any near-tie)", details={"batched": first[:1].tolist(), "alone": alone.tolist()})
     if (diverged := _against_reference(name, first, ref, "", clear, prompt_len, "prompt")) is not None:
         return diverged
-    if (violation := _generated(other, batch, prompt_len, new, "other prompts")) is not None:
-        return violation.model_copy(update={"name": name})
+    if (violation := _generated(name, other, batch, prompt_len, new, "other prompts")) is not None:
+        return violation
     other_clear = _clear_steps(ref, "other_", check)
     if torch.equal(other[:, prompt_len:], first[:, prompt_len:]) and not torch.equal(
             ref["other_tokens"][:, prompt_len:], ref["tokens"][:, prompt_len:]):
