@@ -75,6 +75,7 @@ sys.path.insert(0, {workspace!r})
 # not take it for the hub package of that name (it would import names the package does not have).
 REFERENCE_PRELUDE = _HIDE_FROM_FIND_SPEC.format(names=("kernels",)) + _INTERPRETER_ROUNDING
 
+
 def run_candidate(workspace: str | Path, payload: str, timeout_s: float, memory_mb: int | None = None,
                   env: dict[str, str] | None = None) -> SandboxResult:
     workspace = str(Path(workspace).resolve())

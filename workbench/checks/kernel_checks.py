@@ -56,22 +56,22 @@ def check_kernel_numerics(spec: TaskSpec, check: CheckSpec, tree: Path) -> Check
         return CheckResult(name=name, status="fail", category="forbidden_op",
                            summary=f"the GEMM calls {', '.join(cand.result['matmul_ops'])}: a kernel task must run "
                                    "its own Triton kernel, not torch's matmul")
+    fail = dict(name=name, status="fail", category="forbidden_op", details={"cases": cand.result["cases"]})
     for (m, n, k, group), done in zip(cases, cand.result["cases"], strict=True):
         case = f"M={m}, N={n}, K={k}, group_size={group}"
         if done["dequantized_ops"]:
-            return CheckResult(name=name, status="fail", category="forbidden_op", details={"cases": cand.result["cases"]},
-                               summary=f"{case}: torch ops ({', '.join(done['dequantized_ops'])}) make a floating "
-                                       f"tensor of the weight's shape [{n}, {k}]: the int4 weights must be unpacked "
-                                       "inside the Triton kernel, not dequantized in torch")
+            return CheckResult(**fail, summary=f"{case}: torch ops ({', '.join(done['dequantized_ops'])}) make a "
+                                               f"floating tensor of the weight's shape [{n}, {k}]: the int4 weights "
+                                               "must be unpacked inside the Triton kernel, not dequantized in torch")
         if done["integer_bytes"] < MIN_WEIGHT_READ * done["packed_bytes"]:
-            return CheckResult(name=name, status="fail", category="forbidden_op", details={"cases": cand.result["cases"]},
-                               summary=f"{case}: the Triton launches ({done['launches']}) were handed "
-                                       f"{done['integer_bytes']} bytes of integer tensors, the packed weight is "
-                                       f"{done['packed_bytes']}: the GEMM's integer work must run in the Triton kernel")
+            return CheckResult(**fail, summary=f"{case}: the Triton launches ({done['launches']}) were handed "
+                                               f"{done['integer_bytes']} bytes of integer tensors, the packed weight "
+                                               f"is {done['packed_bytes']}: the GEMM's integer work must run in the "
+                                               "Triton kernel")
         if isinstance(done["without_triton"], float) and done["without_triton"] <= rtol:
-            return CheckResult(name=name, status="fail", category="forbidden_op", details={"cases": cand.result["cases"]},
-                               summary=f"{case}: the output is the same with every Triton launch skipped (within "
-                                       f"{done['without_triton']:.2%}): the GEMM runs outside the Triton kernels")
+            return CheckResult(**fail, summary=f"{case}: the output is the same with every Triton launch skipped "
+                                               f"(within {done['without_triton']:.2%}): the GEMM runs outside the "
+                                               "Triton kernels")
     expected = torch.load(folder / "expected.pt", weights_only=True)
     errors = []
     for (m, n, k, group), got, want in zip(cases, cand.tensors["outputs"], expected, strict=True):

@@ -257,21 +257,19 @@ def _padded_rows(name: str, run: ProbeRun, pads: list[int], check: CheckSpec) ->
                                summary=f"left-padded row {row}: logits {list(got.shape)} at its real positions, alone "
                                        f"{list(want.shape)}")
         errors.append(_relative(got, want))
+        fail = dict(name=name, status="fail", category="ignores_attention_mask",
+                    details={"rel_l2_per_row": [round(e, 5) for e in errors], "pads": pads})
         if errors[-1] > rtol:
-            return CheckResult(name=name, status="fail", category="ignores_attention_mask",
-                               details={"rel_l2_per_row": [round(e, 5) for e in errors], "pads": pads},
-                               summary=f"row {row} of a left-padded batch ({pad} pad tokens, mask 0 there) has logits "
-                                       f"{errors[-1]:.1%} (rel. L2) from the same prompt run alone (tolerance "
-                                       f"{rtol:.0%}): the attention mask (or the positions of padded rows) is not "
-                                       "honoured")
+            return CheckResult(**fail, summary=f"row {row} of a left-padded batch ({pad} pad tokens, mask 0 there) "
+                                               f"has logits {errors[-1]:.1%} (rel. L2) from the same prompt run "
+                                               f"alone (tolerance {rtol:.0%}): the attention mask (or the positions "
+                                               "of padded rows) is not honoured")
         clear = (want.topk(2, dim=-1).values.diff(dim=-1).abs()[..., 0] > 0.05 * float(want.std()))
         flipped = ((got.argmax(-1) != want.argmax(-1)) & clear).nonzero()
         if len(flipped):
-            return CheckResult(name=name, status="fail", category="ignores_attention_mask",
-                               details={"rel_l2_per_row": [round(e, 5) for e in errors], "pads": pads},
-                               summary=f"row {row} of a left-padded batch predicts another token at position "
-                                       f"{int(flipped[0, 0])} than the same prompt alone (a clear margin): the "
-                                       "attention mask (or the positions of padded rows) is not honoured")
+            return CheckResult(**fail, summary=f"row {row} of a left-padded batch predicts another token at position "
+                                               f"{int(flipped[0, 0])} than the same prompt alone (a clear margin): "
+                                               "the attention mask (or the positions of padded rows) is not honoured")
     return None
 
 

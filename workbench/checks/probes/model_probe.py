@@ -257,7 +257,6 @@ class Probe:
                 shutil.copy(self.model_dir / shard, copy / shard)
         result["perturb"] = {"dead": dead, "raised": raised, "reload_noise": reload_noise / max(scale, 1e-30)}
 
-
     def execution(self, result: dict, tensors: dict) -> None:
         layers = quantized_layers(self.model_dir)
         by_shape = weight_shapes(layers)
@@ -267,36 +266,35 @@ class Probe:
         spy = OpSpy()
         with spy, LaunchSpy() as launches:
             logits_of(model(ids))
-
-        def weight_like(t: dict) -> list[str] | None:
-            return by_shape.get(tuple(sorted(t["shape"][-2:]))) if len(t["shape"]) >= 2 else None
-
         torch_gemms, dequantized = {}, {}
         for call in spy.calls:
-            for t in call["inputs"] + call["outputs"]:
-                names = weight_like(t)
-                if names is None:
-                    continue
-                seen = {"op": f"aten.{call['op']}", "shape": t["shape"], "dtype": t["dtype"], "layers": names[:3]}
-                if call["op"] in MATMUL_OPS and t in call["inputs"]:
-                    torch_gemms.setdefault((call["op"], tuple(t["shape"])), seen)
-                elif t["floating"]:
-                    dequantized.setdefault((call["op"], tuple(t["shape"])), seen)
+            matmul = call["op"] in MATMUL_OPS
+            for t, is_input in [(t, True) for t in call["inputs"]] + [(t, False) for t in call["outputs"]]:
+                names = by_shape.get(weight_key(t["shape"]))
+                found = torch_gemms if matmul and is_input else dequantized if t["floating"] else None
+                if names is not None and found is not None:
+                    found.setdefault((call["op"], tuple(t["shape"])), {
+                        "op": f"aten.{call['op']}", "shape": t["shape"], "dtype": t["dtype"], "layers": names[:3]})
         launched = [t["start"] for launch in launches.launches for t in launch["tensors"] if not t["floating"]]
         integer_bytes, handed_bytes, floating_weights = 0, 0, []
         for name, t in resident_tensors(model):
             if not t.dtype.is_floating_point and t.dtype != torch.bool:
                 storage = t.untyped_storage()
-                integer_bytes += storage.nbytes()
-                start = storage.data_ptr()
-                handed_bytes += storage.nbytes() * any(start <= p < start + storage.nbytes() for p in launched)
-            elif t.dim() >= 2 and tuple(sorted(t.shape[-2:])) in by_shape:
+                start, nbytes = storage.data_ptr(), storage.nbytes()
+                integer_bytes += nbytes
+                handed_bytes += nbytes * any(start <= p < start + nbytes for p in launched)
+            elif weight_key(t.shape) in by_shape:
                 floating_weights.append({"tensor": name, "shape": list(t.shape), "dtype": str(t.dtype)[6:]})
         result["execution"] = {
             "packed_bytes": sum(n * k // 2 for n, k in layers.values()), "layers": len(layers),
             "torch_gemms": list(torch_gemms.values())[:8], "dequantized_ops": list(dequantized.values())[:8],
             "launches": len(launches.launches), "resident_integer_bytes": integer_bytes,
             "resident_integer_bytes_launched": handed_bytes, "resident_floating_weights": floating_weights[:8]}
+
+
+def weight_key(shape) -> tuple | None:
+    """How `weight_shapes` keys a tensor of `shape`: its last two sizes in either order."""
+    return tuple(sorted(shape[-2:])) if len(shape) >= 2 else None
 
 
 def quantized_layers(model_dir: Path) -> dict[str, tuple[int, int]]:
