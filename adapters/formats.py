@@ -6,7 +6,9 @@ Formats (../shared/ARCHITECTURE.md, "Checkpoint formats"):
   `quantization_config: {quant_method: awq, bits: 4, group_size, zero_point: false, version: gemm}`.
 - `compressed-tensors` pack-quantized: `<layer>.weight_packed` int32 [N, K/8], `.weight_scale`
   [N, G], `.weight_shape` int64 [2]; its `int-quantized` variant stores int4 values unpacked in
-  an int8 `<layer>.weight`. Config under `quantization_config` or (llmc) `compression_config`.
+  an int8 `<layer>.weight`. Config under `quantization_config` or (llmc) `compression_config`;
+  written, parsed, packed and unpacked by the compressed-tensors package itself, so that what we
+  write is what llm-compressor writes and transformers' integration loads (tests/adapters/test_interop.py).
 - `awq` asymmetric (AutoAWQ / llmc `save_autoawq`, W4A16 checkpoints): as awq-sym plus
   `<layer>.qzeros` int32 [G, N/8]; run as W4A8 by quantizing activations on the fly, the zero
   points folded into a per-group correction (`W4A8Linear(zero_points=True)`).
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels import W4A8Linear, W8A8Linear
-from kernels.packing import (pack_awq, pack_ct, pack_w4a8, repack_awq, repack_ct, scales_to_kernel, unpack_awq,
+from kernels.packing import (pack_awq, pack_w4a8, repack_awq, scales_to_kernel, unpack_awq,
                              unpack_nibbles_awq)
 
 FORMATS = ("awq-sym", "compressed-tensors")
@@ -79,44 +81,72 @@ def parse_quant_config(config: dict, where: str) -> QuantScheme:
             raise ValueError(f"{where}: int8-stored holds int4 values, got bits={qc.get('bits')}")
         return QuantScheme("int8-stored", int(qc.get("group_size", -1)))
     if method == "compressed-tensors":
-        fmt = qc.get("format")
-        groups = qc.get("config_groups") or {}
-        if len(groups) != 1:
-            raise ValueError(f"{where}: compressed-tensors config_groups must hold exactly one group, got {list(groups)}")
-        weights = next(iter(groups.values())).get("weights") or {}
-        group_size = -1 if weights.get("strategy") == "channel" else int(weights.get("group_size") or -1)
-        if weights.get("num_bits") == 8 and weights.get("symmetric", False) and fmt == "int-quantized":
-            if group_size != -1:
-                raise ValueError(f"{where}: 8-bit weights must be per channel (strategy: channel), got {weights}")
-            return QuantScheme("w8a8", -1)
-        if weights.get("num_bits") != 4 or not weights.get("symmetric", False):
-            raise ValueError(f"{where}: config_groups weights must be 4-bit symmetric (or 8-bit int-quantized), "
-                             f"got {weights}")
-        if fmt == "pack-quantized":
-            return QuantScheme("ct-packed", group_size)
-        if fmt == "int-quantized":
-            return QuantScheme("ct-int", group_size)
-        raise ValueError(f"{where}: compressed-tensors format {fmt!r} is not supported; "
-                         "choose pack-quantized or int-quantized")
+        return _parse_compressed_tensors(qc, where)
     raise ValueError(f"{where}: quant_method {method!r} is not supported; choose awq, compressed-tensors "
                      "or int8-stored")
 
 
+def _parse_compressed_tensors(qc: dict, where: str) -> QuantScheme:
+    """A compressed-tensors config, read through the package's own pydantic models."""
+    from compressed_tensors.quantization import QuantizationConfig  # only these checkpoints need it
+    from pydantic import ValidationError
+
+    try:  # `version`, `sparsity_config`, `transform_config` belong to ModelCompressor, not the model
+        config = QuantizationConfig.model_validate({k: v for k, v in qc.items() if k in QuantizationConfig.model_fields})
+    except ValidationError as err:
+        raise ValueError(f"{where}: quantization_config is not a valid compressed-tensors config: {err}") from err
+    groups = config.config_groups
+    if len(groups) != 1:
+        raise ValueError(f"{where}: compressed-tensors config_groups must hold exactly one group, got {list(groups)}")
+    scheme = next(iter(groups.values()))
+    weights, fmt = scheme.weights, scheme.format or config.format  # older writers set the format on top only
+    if weights is None or weights.type != "int":
+        raise ValueError(f"{where}: config_groups weights must be integer, got {weights}")
+    group_size = -1 if weights.strategy == "channel" else int(weights.group_size or -1)
+    if weights.num_bits == 8 and weights.symmetric and fmt == "int-quantized":
+        if group_size != -1:
+            raise ValueError(f"{where}: 8-bit weights must be per channel (strategy: channel), got {weights}")
+        return QuantScheme("w8a8", -1)
+    if weights.num_bits != 4 or not weights.symmetric:
+        raise ValueError(f"{where}: config_groups weights must be 4-bit symmetric (or 8-bit int-quantized), "
+                         f"got {weights}")
+    if fmt == "pack-quantized":
+        return QuantScheme("ct-packed", group_size)
+    if fmt == "int-quantized":
+        return QuantScheme("ct-int", group_size)
+    raise ValueError(f"{where}: compressed-tensors format {fmt!r} is not supported; "
+                     "choose pack-quantized or int-quantized")
+
+
 def quant_config(fmt: str, group_size: int) -> dict:
-    """The `quantization_config` block `adapters.quantize` writes for `fmt`."""
+    """The `quantization_config` block `adapters.quantize` writes for `fmt`: what AutoAWQ writes
+    (`to_transformers_dict`) for awq-sym, what llm-compressor writes for W4A8 for compressed-tensors."""
     if fmt == "awq-sym":
-        return {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": False, "version": "gemm",
-                "modules_to_not_convert": ["lm_head", "mlp.gate"], "activations": "int8 per-token dynamic symmetric"}
+        return {"quant_method": "awq", "zero_point": False, "group_size": group_size, "bits": 4, "version": "gemm",
+                "modules_to_not_convert": ["lm_head", "mlp.gate"]}
     if fmt == "compressed-tensors":
-        strategy = {"strategy": "channel"} if group_size == -1 else {"strategy": "group", "group_size": group_size}
-        return {"quant_method": "compressed-tensors", "format": "pack-quantized",
-                "config_groups": {"group_0": {
-                    "targets": ["Linear"],
-                    "weights": {"num_bits": 4, "type": "int", "symmetric": True, "dynamic": False, **strategy},
-                    "input_activations": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token",
-                                          "dynamic": True}}},
-                "ignore": ["lm_head", "re:.*mlp.gate$"]}
+        return compressed_tensors_config(group_size)
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+def compressed_tensors_config(group_size: int) -> dict:
+    """int4 symmetric weights (per channel or per group), int8 dynamic per-token activations, built
+    and serialised by compressed-tensors itself, as `ModelCompressor.update_config` does."""
+    import compressed_tensors
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+
+    strategy = dict(strategy="channel") if group_size == -1 else dict(strategy="group", group_size=group_size)
+    scheme = QuantizationScheme(
+        targets=["Linear"], format="pack-quantized",
+        weights=QuantizationArgs(num_bits=4, type="int", symmetric=True, dynamic=False, **strategy),
+        input_activations=QuantizationArgs(num_bits=8, type="int", symmetric=True, dynamic=True, strategy="token"))
+    config = QuantizationConfig(config_groups={"group_0": scheme}, format="pack-quantized",
+                                quantization_status="compressed",
+                                # the head and the MoE routers (`mlp.gate`: a Linear in Ernie and
+                                # in transformers 4.x Qwen3-MoE) keep their precision
+                                ignore=["lm_head", "re:.*mlp.gate$"])
+    return {"version": compressed_tensors.__version__, "quant_method": "compressed-tensors", "sparsity_config": {},
+            "transform_config": {}, **config.model_dump(mode="json", exclude={"quant_method"})}
 
 
 def from_quantized(fmt: str, q: torch.Tensor, scales: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -127,7 +157,9 @@ def from_quantized(fmt: str, q: torch.Tensor, scales: torch.Tensor) -> dict[str,
     """
     if fmt == "awq-sym":
         return {"qweight": pack_awq(q), "scales": scales.t().to(torch.float16).contiguous()}
-    return {"weight_packed": pack_ct(q), "weight_scale": scales.to(torch.float16).contiguous(),
+    from compressed_tensors.compressors import pack_to_int32
+
+    return {"weight_packed": pack_to_int32(q, 4), "weight_scale": scales.to(torch.float16).contiguous(),
             "weight_shape": torch.tensor(q.shape, dtype=torch.int64)}
 
 
@@ -149,10 +181,7 @@ def to_kernel(scheme: QuantScheme, layer: str, tensors: dict[str, torch.Tensor],
         group_size = -1 if scales.shape[0] == 1 else in_features // scales.shape[0]
         return {"qweight": pack_w4a8(q, group_size), "scales": scales.contiguous(),
                 "zeros": ((zeros - 8) * scales).contiguous()}
-    if fmt == "ct-packed":
-        packed, scales = repack_ct(tensors["weight_packed"], tensors["weight_scale"], tensors["weight_shape"].tolist())
-        return {"qweight": packed, "scales": scales}
-    q, scale = tensors["weight"], tensors["weight_scale"]
+    q, scale = (unpack_compressed(layer, tensors) if fmt == "ct-packed" else tensors["weight"]), tensors["weight_scale"]
     if q.dtype != torch.int8 or q.dim() != 2 or q.shape[1] != in_features:
         raise ValueError(f"{layer}.weight: need int8 [N, {in_features}], got {q.dtype} {tuple(q.shape)}")
     if fmt == "w8a8":
@@ -161,3 +190,14 @@ def to_kernel(scheme: QuantScheme, layer: str, tensors: dict[str, torch.Tensor],
         raise ValueError(f"{layer}.weight: int4 values must lie in [-8, 7], got [{q.min()}, {q.max()}]")
     group_size = -1 if scale.shape[-1] == 1 else in_features // scale.shape[-1]
     return {"qweight": pack_w4a8(q, group_size), "scales": scales_to_kernel(scale)}
+
+
+def unpack_compressed(layer: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """pack-quantized `weight_packed` int32 [N, K/8] -> int4 values int8 [N, K], by compressed-tensors."""
+    from compressed_tensors.compressors import unpack_from_int32
+
+    packed, shape = tensors["weight_packed"], tensors["weight_shape"].tolist()
+    if len(shape) != 2 or tuple(packed.shape) != (shape[0], -(-shape[1] // 8)) or packed.dtype != torch.int32:
+        raise ValueError(f"{layer}.weight_packed: need int32 [{shape[0]}, ceil({shape[1]}/8)] for weight_shape "
+                         f"{shape}, got {packed.dtype} {tuple(packed.shape)}")
+    return unpack_from_int32(packed, 4, torch.Size(shape))

@@ -82,8 +82,8 @@ def test_w8a8_checkpoint_runs_through_the_w8a8_kernel(tiny_dir, device, tmp_path
     path = rewrite(tiny_dir("ernie4_5_moe"), tmp_path / "w8a8", to_int8)
     config = json.loads((path / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "int-quantized",
-                                     "config_groups": {"group_0": {"weights": {"num_bits": 8, "type": "int",
-                                                                               "symmetric": True, "strategy": "channel"}}}}
+                                     "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
+                                         "num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"}}}}
     (path / "config.json").write_text(json.dumps(config))
     from transformers import AutoModelForCausalLM
 

@@ -36,7 +36,9 @@ def to_int_quantized(src, dst):
             t[f"{layer}.weight"] = unpack_ct(t.pop(key), int(t.pop(f"{layer}.weight_shape")[1]))
     rewrite(src, dst, edit)
     config = json.loads((dst / "config.json").read_text())
-    config["quantization_config"]["format"] = "int-quantized"
+    qc = config["quantization_config"]
+    for block in (qc, *qc["config_groups"].values()):  # the format is named per group and on top
+        block["format"] = "int-quantized"
     (dst / "config.json").write_text(json.dumps(config))
     return dst
 

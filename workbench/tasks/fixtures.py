@@ -7,6 +7,8 @@ They are made by the adapters' own command lines in a subprocess (`python -m ada
 `python -m adapters.quantize`): the harness imports neither `adapters` nor `kernels`.
 """
 
+import hashlib
+import importlib.metadata
 import os
 import secrets
 import shutil
@@ -19,6 +21,8 @@ from .sources import cache_root
 from .spec import Fixture
 
 SAMPLE_SEED = 0
+BUILDER_SOURCES = ("adapters/tiny.py", "adapters/quantize.py", "adapters/formats.py", "kernels/reference.py",
+                   "kernels/packing.py")
 BUILD_TIMEOUT_S = 300
 # Trained on adapters.tiny's successor corpus (~3 s a model): confident greedy decoding, so that
 # deterministic_output compares every generated token instead of stopping at a near-tie.
@@ -50,9 +54,23 @@ def _run(cmd: list[str], repo_root: Path) -> None:
         raise FixtureError(f"`{' '.join(cmd[1:])}` failed:\n{done.stderr.strip()[-2000:]}")
 
 
+def builder_digest(repo_root: Path) -> str:
+    """What the checkpoint bytes depend on besides the fixture's fields: the builders' sources and
+    the compressed-tensors release (it writes that format's config and packs its weights)."""
+    digest = hashlib.sha256()
+    for name in BUILDER_SOURCES:
+        digest.update(name.encode() + (repo_root / name).read_bytes())
+    try:
+        digest.update(importlib.metadata.version("compressed-tensors").encode())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return digest.hexdigest()[:12]
+
+
 def fixture_checkpoint(fixture: Fixture, seed: int, repo_root: Path, cache: Path | None = None) -> Path:
     """The quantized checkpoint folder for `fixture` made with `seed` (built on first use)."""
-    name = f"{fixture.family}-{fixture.tier}-{fixture.format}-g{fixture.group_size}-s{seed}-t{TRAIN_STEPS}"
+    name = (f"{fixture.family}-{fixture.tier}-{fixture.format}-g{fixture.group_size}-s{seed}-t{TRAIN_STEPS}"
+            f"-{builder_digest(repo_root)}")
     path = (cache or cache_root()) / "fixtures" / name
     if (path / "config.json").exists():
         return path
