@@ -219,18 +219,25 @@ def run(
     base_url: str = typer.Option(None, "--base-url", help="any OpenAI-compatible endpoint (overrides the registry)"),
     api_key_env: str = typer.Option(None, "--api-key-env", help="environment variable holding the API key"),
     device: str = DEVICE_OPTION,
+    hints: str = typer.Option("none", "--hints", help="none (for comparisons) or full: the task's hints (the model's "
+                                                      "quirks) go in the prompt; recorded as task `<id>+hints`"),
 ) -> None:
     """Run agents on tasks: the task x model x attempt matrix, with a live view and a summary."""
     from .agent.registry import RegistryError, resolve_model
     from .runs.matrix import Job, MatrixRun
 
+    from .tasks.prompt import HINTS
+
+    if hints not in HINTS:
+        console.print(f"[red]--hints must be one of {', '.join(HINTS)}, got {hints!r}[/red]", highlight=False)
+        raise typer.Exit(2)
     specs = [_load_or_exit(t) for t in task_files]
     try:
         entries = [resolve_model(m, base_url, api_key_env) for m in model]
     except RegistryError as err:
         console.print(f"[red]{err}[/red]", highlight=False)
         raise typer.Exit(2) from None
-    job_list = [Job(spec, entry, n) for spec in specs for entry in entries for n in range(1, attempts + 1)]
+    job_list = [Job(spec, entry, n, hints) for spec in specs for entry in entries for n in range(1, attempts + 1)]
     matrix = MatrixRun(job_list, out, workspaces, resume, None if any(e.scripted for e in entries) else base_url,
                        device, console)
     try:
@@ -242,7 +249,7 @@ def run(
                     title="summary", title_justify="left")
     for r in results:
         colour = "green" if r.status == "passed" else "red"
-        summary.add_row(r.task, r.label, str(r.attempt),
+        summary.add_row(r.task_key, r.label, str(r.attempt),
                         f"[{colour}]{r.status}[/]", str(r.rounds), str(r.turns),
                         f"{r.prompt_tokens + r.completion_tokens:,}", f"{r.cost_usd:.4f}", f"{r.wall_s:.0f}", r.branch)
     console.print(summary)
@@ -325,8 +332,8 @@ def report(
     rows = compare(results)
     models_seen = list(dict.fromkeys(r.model for r in rows))
     paired = mcnemar(results, *models_seen) if len(models_seen) == 2 else None
-    attempts = [(attempt_folder(out, r.task, r.model, r.attempt), r)
-                for r in sorted(results, key=lambda r: (r.task, r.model, r.attempt))]
+    attempts = [(attempt_folder(out, r.task_key, r.model, r.attempt), r)
+                for r in sorted(results, key=lambda r: (r.task_key, r.model, r.attempt))]
     html_file.write_text(render_report(rows, attempts, paired, corrupt), encoding="utf-8")
     console.print(f"wrote {html_file} ({len(results)} attempts)")
 

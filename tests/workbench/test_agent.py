@@ -32,6 +32,7 @@ reference: adapters.qwen3
 sources:
   - {dir: tasks/small/start}
 prompt: Write port/model.py with answer() returning 42.
+hints: The answer is forty-two, an int.
 checks:
   - {kind: import}
   - {kind: command, name: answer, cmd: "python -c 'import port.model as m; assert m.answer() == 42'"}
@@ -241,10 +242,39 @@ def test_old_tool_outputs_are_shortened_to_fit_the_context():
 def test_run_against_any_endpoint_with_base_url(small, tmp_path):
     script = by_step(say(tool("write_file", path="port/model.py", content="def answer():\n    return 42\n")),
                      say(tool("finish", summary="done")))
-    with ScriptedServer(script, model="some-served-model") as server:
-        result = CliRunner().invoke(app, ["run", str(small.path), "--model", "some-served-model", "--base-url",
+    with ScriptedServer(script, model="org/some-served-model") as server:
+        result = CliRunner().invoke(app, ["run", str(small.path), "--model", "org/some-served-model", "--base-url",
                                           server.base_url, "--api-key-env", "WB_TEST_API_KEY", "--out",
                                           str(tmp_path / "out"), "--workspaces", str(tmp_path / "ws")])
     assert result.exit_code == 0, result.output
-    assert server.requests[0]["body"]["model"] == "some-served-model"
-    assert read_result(tmp_path / "out/small/some-served-model/1").status == "passed"
+    assert server.requests[0]["body"]["model"] == "org/some-served-model"
+    assert read_result(tmp_path / "out/small/org-some-served-model/1").status == "passed"  # one folder
+
+
+def test_hints_are_handed_out_only_when_asked_and_recorded(small, tmp_path):
+    """`--hints full` puts the task's hints in the prompt and records the attempt as task
+    `<id>+hints` (a folder, branch and compare row of its own); the default leaves them out. The
+    system prompt names the wall budget, and the transcript ends on why the attempt ended."""
+    script = by_step(say(tool("write_file", path="port/model.py", content="def answer():\n    return 42\n")),
+                     say(tool("finish", summary="done")))
+    prompts = {}
+    for hints in ("none", "full"):
+        with ScriptedServer(script, model="served") as server:
+            result = CliRunner().invoke(app, ["run", str(small.path), "--model", "served", "--base-url",
+                                              server.base_url, "--api-key-env", "WB_TEST_API_KEY", "--hints", hints,
+                                              "--out", str(tmp_path / "out"), "--workspaces", str(tmp_path / "ws")])
+        assert result.exit_code == 0, result.output
+        system, user = server.requests[0]["body"]["messages"][:2]
+        assert "5 minutes of wall time" in system["content"]
+        prompts[hints] = user["content"]
+        folder = tmp_path / "out" / ("small" if hints == "none" else "small+hints") / "served/1"
+        recorded = read_result(folder)
+        assert (recorded.task, recorded.hints, recorded.status) == ("small", hints, "passed")
+        last = [e for e in read_events(folder) if e["kind"] == "message"][-1]["message"]
+        assert last == {"role": "user", "content": "The attempt is over: passed (all checks pass after 1 round(s))."}
+    assert "forty-two" in prompts["full"] and "forty-two" not in prompts["none"]
+    assert "Installed, for your port and for the checks: torch " in prompts["none"]
+    table = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "out"), "--format", "csv"])
+    assert table.exit_code == 0 and "small+hints" in table.output and ",small," in table.output, table.output
+    bad = CliRunner().invoke(app, ["run", str(small.path), "--model", "demo", "--hints", "some"])
+    assert bad.exit_code == 2 and "--hints must be one of none, full" in bad.output

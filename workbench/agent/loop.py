@@ -10,6 +10,7 @@ no progress. Every message, usage figure and check round is in the transcript as
 """
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..checks.result import accepted
 from ..checks.runner import run_checks
 from ..checks.static import DEFAULT_PROTECTED
 from ..runs.record import AttemptRecord, AttemptResult
+from ..tasks.prompt import Hints, agent_prompt
 from ..tasks.spec import TaskSpec
 from ..tasks.workspace import Attempt, Workspace
 from .llm import BudgetExceeded, InfrastructureError, LLMClient, shorten_old_tool_outputs
@@ -36,7 +38,9 @@ Deliver the module `{target}`. You work only through the tools: list_dir, read_f
 write_file, edit_file, run (a shell command in the workspace), run_checks (the acceptance
 checks, run in a separate process on a checkpoint you have not seen) and finish. Paths are
 relative to the workspace root; tests/, .wb/ and conftest.py are protected. Budget: {turns}
-turns, {rounds} check rounds. Every turn that changes files is committed for you."""
+turns, {rounds} check rounds, {minutes:g} minutes of wall time (check rounds included: one takes
+minutes on a CPU). Every turn that changes files is committed for you. The attempt ends when a
+check round passes; call finish once they do."""
 
 
 def check_report(results: list) -> str:
@@ -53,25 +57,28 @@ def check_report(results: list) -> str:
 class AttemptLoop:
     def __init__(self, spec: TaskSpec, entry: ModelEntry, ws: Workspace, attempt: Attempt, record: AttemptRecord,
                  n: int, base_url: str | None = None, device: str | None = None,
-                 on_update: Callable[[AttemptResult, str], None] | None = None, client: LLMClient | None = None):
+                 on_update: Callable[[AttemptResult, str], None] | None = None, client: LLMClient | None = None,
+                 hints: Hints = "none"):
         self.spec, self.entry, self.ws, self.attempt, self.record = spec, entry, ws, attempt, record
         self.device, self.on_update = device, on_update or (lambda result, note: None)
         self.client = client or LLMClient(entry, base_url)
         self.tools = Toolbox(attempt.path, DEFAULT_PROTECTED)
         self.repo = git.Repo(attempt.path)
         self.result = AttemptResult(task=spec.id, model=entry.name, attempt=n, scripted=entry.scripted,
-                                    branch=attempt.branch, base=ws.base)
+                                    branch=attempt.branch, base=ws.base, hints=hints)
         self.messages: list[dict] = []
         self.last_checked: tuple[str, bool] | None = None  # (tree state, passed) of the last round
 
     # ---- conversation state ----
     def start(self) -> None:
         self.record.event("start", task=self.spec.id, model=self.entry.name, model_id=self.entry.model_id,
-                          scripted=self.entry.scripted, branch=self.attempt.branch, base=self.ws.base)
+                          scripted=self.entry.scripted, branch=self.attempt.branch, base=self.ws.base,
+                          hints=self.result.hints)
         budget = self.spec.budget
-        for message in ({"role": "system", "content": SYSTEM.format(title=self.spec.title, target=self.spec.target,
-                                                                    turns=budget.turns, rounds=budget.check_rounds)},
-                        {"role": "user", "content": self.spec.prompt}):
+        system = SYSTEM.format(title=self.spec.title, target=self.spec.target, turns=budget.turns,
+                               rounds=budget.check_rounds, minutes=budget.wall_minutes)
+        for message in ({"role": "system", "content": system},
+                        {"role": "user", "content": agent_prompt(self.spec, self.attempt.path, self.result.hints)}):
             self.add(message)
 
     def restore(self, events: list[dict]) -> None:
@@ -145,6 +152,10 @@ class AttemptLoop:
             raise
         finally:
             self.result.wall_s = time.monotonic() - started
+            if self.result.status not in ("running", "interrupted"):
+                # the transcript ends on why, for a reader and for a resumed conversation alike
+                # (an interrupted turn may hold unanswered tool calls: its note is the end event)
+                self.add({"role": "user", "content": f"The attempt is over: {self.result.status} ({self.result.reason})."})
             self.finish_record()
         return self.result
 
@@ -219,4 +230,5 @@ class AttemptLoop:
 
 
 def attempt_folder(out: Path, task: str, model: str, n: int) -> Path:
-    return Path(out) / task / model / str(n)
+    """`<out>/<task>/<model>/<n>`; a served name such as `Qwen/Qwen3-Coder` is one folder."""
+    return Path(out) / task / re.sub(r"[^A-Za-z0-9._+-]+", "-", model) / str(n)

@@ -134,6 +134,7 @@ def check_weight_load(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResu
 # GEMM shapes and fp32 summation order only, so a right port stays within rounding (the gold
 # ports: 1.3-1.5% rel. L2 on the tiny models); a port that ignores the mask attends to the pads.
 DEFAULT_PADS, PADDED_LENGTH = [0, 2, 3], 8
+DEFAULT_PROMPTS_SHAPE, DEFAULT_NEW_TOKENS = [2, 6], 8  # generate's batch and its new tokens
 PADDED_RTOL = 0.05
 
 
@@ -151,8 +152,8 @@ def _generated(name: str, tokens: torch.Tensor, batch: int, prompt_len: int, new
 
 def check_deterministic_output(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckResult:
     name, timeout = check.name or "deterministic_output", _timeout(check)
-    batch, prompt_len = check.params.get("prompts_shape", [2, 6])
-    new = check.params.get("new_tokens", 8)
+    batch, prompt_len = check.params.get("prompts_shape", DEFAULT_PROMPTS_SHAPE)
+    new = check.params.get("new_tokens", DEFAULT_NEW_TOKENS)
     args = _args(spec, check, spec.target, ops=["generate", "padded"], prompts_shape=[batch, prompt_len],
                  new_tokens=new, pads=check.params.get("pads", DEFAULT_PADS),
                  padded_length=check.params.get("padded_length", PADDED_LENGTH))

@@ -91,10 +91,11 @@ def _row(model: str, task: str, results: list[AttemptResult], per_task: dict[str
 def compare(results: list[AttemptResult], tasks: list[str] | None = None,
             models: list[str] | None = None) -> list[Row]:
     """Rows per (model, task), then one "(all)" row per model; models ranked by pass@1."""
-    chosen = [r for r in results if (not tasks or r.task in tasks) and (not models or r.model in models)]
+    chosen = [r for r in results if (not tasks or r.task in tasks or r.task_key in tasks)
+              and (not models or r.model in models)]
     grouped: dict[str, dict[str, list[AttemptResult]]] = defaultdict(lambda: defaultdict(list))
-    for r in chosen:
-        grouped[r.model][r.task].append(r)
+    for r in chosen:  # runs with the hints (`<task>+hints`) are a task of their own
+        grouped[r.model][r.task_key].append(r)
     rows = []
     for model, per_task in grouped.items():
         overall = _row(model, "(all)", [r for rs in per_task.values() for r in rs], per_task)
@@ -121,7 +122,7 @@ class Paired:
 
 def mcnemar(results: list[AttemptResult], model_a: str, model_b: str) -> Paired:
     """Exact McNemar test over (task, attempt) pairs both models ran (infrastructure errors dropped)."""
-    outcome = {(r.model, r.task, r.attempt): r.status == "passed" for r in results if r.status != INFRA}
+    outcome = {(r.model, r.task_key, r.attempt): r.status == "passed" for r in results if r.status != INFRA}
     keys = {(t, n) for (m, t, n) in outcome if m == model_a} & {(t, n) for (m, t, n) in outcome if m == model_b}
     only_a = sum(outcome[(model_a, t, n)] and not outcome[(model_b, t, n)] for t, n in keys)
     only_b = sum(outcome[(model_b, t, n)] and not outcome[(model_a, t, n)] for t, n in keys)

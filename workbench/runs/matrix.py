@@ -17,7 +17,7 @@ from ..agent.registry import ModelEntry
 from ..agent.scripted import DemoScript, ScriptedServer
 from ..tasks.spec import TaskSpec
 from ..tasks.workspace import Attempt, Workspace, branch_name, create_workspace
-from .record import AttemptRecord, AttemptResult, read_events, read_result
+from .record import AttemptRecord, AttemptResult, read_events, read_result, task_key
 
 FINISHED = ("passed", "failed", "budget_exhausted", "infrastructure_error")
 
@@ -27,15 +27,20 @@ class Job:
     spec: TaskSpec
     entry: ModelEntry
     n: int
+    hints: str = "none"
+
+    @property
+    def task_key(self) -> str:
+        return task_key(self.spec.id, self.hints)
 
 
 def _attempt(ws: Workspace, job: Job, resume: bool) -> Attempt:
-    branch = branch_name(job.spec.id, job.entry.name, job.n)
+    branch = branch_name(job.task_key, job.entry.name, job.n)
     if branch in ws.repo.heads and resume:
         for tree in ws.repo.git.worktree("list", "--porcelain").split("\n\n"):
             if f"branch refs/heads/{branch}" in tree:
                 return Attempt(branch, Path(tree.split("\n")[0].removeprefix("worktree ")))
-    return ws.new_attempt(job.entry.name, job.n, worktree=True)
+    return ws.new_attempt(job.entry.name, job.n, worktree=True, task_key=job.task_key)
 
 
 class MatrixRun:
@@ -55,12 +60,12 @@ class MatrixRun:
 
     def update(self, result: AttemptResult, note: str) -> None:
         tokens = result.prompt_tokens + result.completion_tokens
-        self.rows[(result.task, result.model, result.attempt)] = dict(
-            task=result.task, model=result.label, n=result.attempt, status=result.status, turns=result.turns,
+        self.rows[(result.task_key, result.model, result.attempt)] = dict(
+            task=result.task_key, model=result.label, n=result.attempt, status=result.status, turns=result.turns,
             rounds=result.rounds, tokens=tokens, cost=f"{result.cost_usd:.4f}", last=note[:60])
 
     def run_one(self, job: Job) -> AttemptResult:
-        folder = attempt_folder(self.out, job.spec.id, job.entry.name, job.n)
+        folder = attempt_folder(self.out, job.task_key, job.entry.name, job.n)
         previous = read_result(folder)
         if previous is not None and previous.status in FINISHED:
             if not self.resume:
@@ -77,7 +82,8 @@ class MatrixRun:
             base_url = self.base_url
             if job.entry.scripted:
                 base_url = stack.enter_context(ScriptedServer(DemoScript(job.spec), job.entry.name)).base_url
-            loop = AttemptLoop(job.spec, job.entry, ws, attempt, record, job.n, base_url, self.device, self.update)
+            loop = AttemptLoop(job.spec, job.entry, ws, attempt, record, job.n, base_url, self.device, self.update,
+                               hints=job.hints)
             events = read_events(folder)
             if events:
                 loop.restore(events)
@@ -93,7 +99,7 @@ class MatrixRun:
 
     def run(self, jobs_in_parallel: int) -> list[AttemptResult]:
         for job in self.jobs:
-            self.update(AttemptResult(task=job.spec.id, model=job.entry.name, attempt=job.n,
+            self.update(AttemptResult(task=job.spec.id, model=job.entry.name, attempt=job.n, hints=job.hints,
                                       scripted=job.entry.scripted, status="queued"), "")
         with Live(self.table(), console=self.console, refresh_per_second=2, transient=False) as live:
             stop = threading.Event()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from ..checks.sandbox import SECRET_NAME
 
+
 def model_label(model: str, scripted: bool) -> str:
     """How a model is named in every table: scripted ones say so."""
     return f"{model} (scripted)" if scripted else model
@@ -43,11 +44,21 @@ class AttemptResult(BaseModel):
     branch: str = ""
     base: str = ""
     head: str = ""
+    hints: str = "none"  # "full": the task's hints were in the prompt (workbench run --hints full)
     check_rounds: list[list[dict[str, Any]]] = Field(default_factory=list)
 
     @property
     def label(self) -> str:
         return model_label(self.model, self.scripted)
+
+    @property
+    def task_key(self) -> str:
+        """The task as tables and folders name it: runs with the hints are a task of their own."""
+        return task_key(self.task, self.hints)
+
+
+def task_key(task: str, hints: str) -> str:
+    return task if hints == "none" else f"{task}+hints"
 
 
 def _secret_values() -> list[str]:

@@ -80,7 +80,7 @@ def attempt_section(folder: Path, result: AttemptResult) -> str:
             failing = [c["name"] for c in event["results"] if c["status"] not in ACCEPTED]
             transcript.append(f"checks round {event['round']}: " + (f"FAIL {', '.join(failing)}" if failing else "all pass"))
     patch = (folder / "patch.diff").read_text() if (folder / "patch.diff").exists() else ""
-    return (f"<h3 id='{_esc(result.task)}-{_esc(result.model)}-{result.attempt}'>{_esc(result.task)} / {_esc(result.label)} / "
+    return (f"<h3 id='{_esc(result.task_key)}-{_esc(result.model)}-{result.attempt}'>{_esc(result.task_key)} / {_esc(result.label)} / "
             f"attempt {result.attempt}: <span class='{'pass' if result.status == 'passed' else 'fail'}'>"
             f"{_esc(result.status)}</span></h3><p>{_esc(result.reason)}; rounds {result.rounds}, turns {result.turns}, "
             f"cost ${result.cost_usd:.4f}, branch <code>{_esc(result.branch)}</code></p>"

@@ -65,7 +65,7 @@ def render_rows(rows: list[Row], fmt: str, paired: Paired | None = None):
 
 def review(folder: Path, result: AttemptResult, full: bool = False) -> list:
     """Renderables for one attempt: summary, check rounds, patch, transcript."""
-    summary = (f"[bold]{result.task}[/] / {result.label} / attempt {result.attempt}: [bold]{result.status}[/] - {result.reason}\n"
+    summary = (f"[bold]{result.task_key}[/] / {result.label} / attempt {result.attempt}: [bold]{result.status}[/] - {result.reason}\n"
                f"rounds {result.rounds}, turns {result.turns}, tokens {result.prompt_tokens + result.completion_tokens:,}"
                f", cost ${result.cost_usd:.4f}, wall {result.wall_s:.0f} s\nbranch {result.branch} "
                f"(base {result.base[:10]}, head {result.head[:10]})")

@@ -11,6 +11,8 @@ line and the field (and the valid choices).
       - {git: https://github.com/huggingface/transformers, ref: v4.57.1, files: ["src/transformers/models/qwen3/*.py"], to: vendor/transformers}
     prompt: |
       ...markdown...
+    hints: |                              # handed out only with `workbench run --hints full`
+      Qwen3 quirks: ...
     checks:
       - {kind: import}
       - {kind: numerics, rtol: 0.02}
@@ -123,6 +125,7 @@ class TaskSpec(_Strict):
     reference: str = Field(description="module of the known-good answer, e.g. adapters.qwen3")
     sources: list[Source] = Field(min_length=1)
     prompt: str
+    hints: str = Field("", description="the model's quirks, in the prompt only for runs with --hints full")
     checks: list[CheckSpec] = Field(min_length=1)
     budget: Budget = Budget()
     device: Literal["cpu", "cuda"] = "cpu"

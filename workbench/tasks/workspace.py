@@ -47,17 +47,18 @@ class Workspace:
     def base(self) -> str:
         return self.repo.tags[BASE_TAG].commit.hexsha
 
-    def new_attempt(self, model: str, n: int, worktree: bool = False) -> Attempt:
-        """Branch `wb/<task>/<model>/<n>` at the base; checked out in the main tree, or in a
-        worktree beside it (`<workspace>.attempts/<model>-<n>`) for parallel attempts."""
-        branch = branch_name(self.task_id, model, n)
+    def new_attempt(self, model: str, n: int, worktree: bool = False, task_key: str | None = None) -> Attempt:
+        """Branch `wb/<task>/<model>/<n>` at the base (`<task>+hints` for runs with the hints);
+        checked out in the main tree, or in a worktree beside it (`<workspace>.attempts/...`) for
+        parallel attempts."""
+        branch = branch_name(task_key or self.task_id, model, n)
         if branch in self.repo.heads:
             raise ValueError(f"{self.path}: branch {branch} exists already (attempt {n} of {model} was started)")
         self.repo.create_head(branch, self.base)
         if not worktree:
             self.repo.git.checkout(branch)
             return Attempt(branch, self.path)
-        path = self.path.parent / f"{self.path.name}.attempts" / branch.split("/", 2)[2].replace("/", "-")
+        path = self.path.parent / f"{self.path.name}.attempts" / branch.removeprefix("wb/").replace("/", "-")
         self.repo.git.worktree("add", str(path), branch)
         return Attempt(branch, path)
 
