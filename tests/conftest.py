@@ -12,6 +12,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs as many workers as CI has cores, and the checks start processes of their
+    # own: at torch's default of one thread per core each, the tiny ops of these tests spend their
+    # time in thread hand-offs (a 1 s interop test took 60 s beside another worker). One thread
+    # per process, inherited by every process a test starts.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 import pytest  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

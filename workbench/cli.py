@@ -160,29 +160,32 @@ def validate(
     root: Path = typer.Option(None, "--root", "-r", help="where to build the workspaces (default: a temp dir)"),
     device: str = DEVICE_OPTION,
     json_out: Path = typer.Option(None, "--json", help="also write every check result (base and gold) to this file"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="tasks validated side by side (their checks are processes)"),
 ) -> None:
     """Run every check of each task on its base (must fail) and on its gold solution (must pass)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .checks.validate import validate_task
 
+    specs = [_load_or_exit(task) for task in task_files]
     failed, records = [], []
-    for task in task_files:
-        spec = _load_or_exit(task)
-        result = validate_task(spec, root, device)
-        records.append({"task": spec.id, "valid": result.ok, "device": device or spec.device,
-                        "base": [r.model_dump(mode="json") for r in result.base],
-                        "gold": [r.model_dump(mode="json") for r in result.gold]})
-        if json_out:  # after each task: a run cut short keeps what it finished
-            json_out.write_text(json.dumps(records, indent=1))
-        table = Table("check", "base", "gold", "gold s", "gold summary", title=f"{spec.id}: "
-                      + ("[green]valid[/]" if result.ok else "[red]NOT valid[/]"), title_justify="left")
-        for b, g in zip(result.base, result.gold, strict=True):
-            table.add_row(g.name, _status(b), _status(g), f"{g.seconds:.1f}",
-                          g.summary if g.accepted else f"[red]{g.summary}[/]")
-        console.print(table)
-        if not result.ok:
-            failed.append(spec.id)
-            for line in failure_details(result.gold):
-                console.print(f"{spec.id} gold {line}", markup=False, highlight=False)
+    with ThreadPoolExecutor(jobs) as pool:  # results come back in task order, each as soon as it can
+        for spec, result in zip(specs, pool.map(lambda s: validate_task(s, root, device), specs)):
+            records.append({"task": spec.id, "valid": result.ok, "device": device or spec.device,
+                            "base": [r.model_dump(mode="json") for r in result.base],
+                            "gold": [r.model_dump(mode="json") for r in result.gold]})
+            if json_out:  # after each task: a run cut short keeps what it finished
+                json_out.write_text(json.dumps(records, indent=1))
+            table = Table("check", "base", "gold", "gold s", "gold summary", title=f"{spec.id}: "
+                          + ("[green]valid[/]" if result.ok else "[red]NOT valid[/]"), title_justify="left")
+            for b, g in zip(result.base, result.gold, strict=True):
+                table.add_row(g.name, _status(b), _status(g), f"{g.seconds:.1f}",
+                              g.summary if g.accepted else f"[red]{g.summary}[/]")
+            console.print(table)
+            if not result.ok:
+                failed.append(spec.id)
+                for line in failure_details(result.gold):
+                    console.print(f"{spec.id} gold {line}", markup=False, highlight=False)
     if failed:
         console.print(f"[red]not valid: {', '.join(failed)}[/red]")
         raise typer.Exit(1)

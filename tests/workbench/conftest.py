@@ -1,7 +1,10 @@
 """Shared by the workbench tests that run real tasks."""
 
+import contextlib
 import os
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -10,11 +13,18 @@ from workbench.tasks.sources import cache_root
 
 @pytest.fixture(scope="session")
 def task_cache(tmp_path_factory):
-    """One cache for the session (fixtures, reference outputs, seed), apart from the user's; the
+    """One cache for the test run (fixtures, reference outputs, seed), apart from the user's; the
     downloaded sglang/transformers releases are reused from the user's cache when present."""
-    cache = tmp_path_factory.mktemp("wb-cache")
-    if (cache_root() / "pip").is_dir():
-        shutil.copytree(cache_root() / "pip", cache / "pip")
+    # Under pytest-xdist, one for all workers of the run (the caches are safe side by side: atomic
+    # renames), so a fixture or reference run one worker made is not made again by the other.
+    run_dir = tmp_path_factory.getbasetemp()
+    cache = (run_dir.parent if os.environ.get("PYTEST_XDIST_WORKER") else run_dir) / "wb-cache"
+    cache.mkdir(exist_ok=True)
+    if (cache_root() / "pip").is_dir() and not (cache / "pip").exists():
+        staging = Path(tempfile.mkdtemp(dir=cache))
+        shutil.copytree(cache_root() / "pip", staging / "pip")
+        with contextlib.suppress(OSError):  # the other worker's copy landed first
+            (staging / "pip").rename(cache / "pip")
     old = os.environ.get("WB_CACHE_DIR")
     os.environ["WB_CACHE_DIR"] = str(cache)
     yield cache

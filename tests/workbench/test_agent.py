@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from workbench.agent.llm import LLMClient
-from workbench.agent.loop import AttemptLoop
+from workbench.agent.loop import NUDGE, AttemptLoop
 from workbench.agent.registry import ModelEntry, resolve_model
 from workbench.agent.scripted import ScriptedServer, call
 from workbench.cli import app
@@ -138,8 +138,10 @@ def test_a_model_that_stops_calling_tools_is_nudged_then_stopped(small, tmp_path
     with ScriptedServer(by_step(lambda step: {"role": "assistant", "content": "I think I am done."})) as server:
         result = attempt_loop(small, tmp_path, server).run()
     assert result.status == "failed" and result.failure_class == "no_progress" and result.turns == 3
-    nudges = [e for e in read_events(tmp_path / "run") if e["kind"] == "message" and e["message"]["role"] == "user"]
-    assert len(nudges) == 3  # the task prompt and two nudges
+    users = [e["message"]["content"] for e in read_events(tmp_path / "run")
+             if e["kind"] == "message" and e["message"]["role"] == "user"]
+    # the task prompt, two nudges, and the note on why the attempt ended
+    assert users[1:] == [NUDGE, NUDGE, "The attempt is over: failed (the model stopped calling tools)."]
 
 
 def test_rate_limit_with_retry_after_is_retried(small, tmp_path):

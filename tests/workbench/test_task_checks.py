@@ -205,10 +205,12 @@ def test_validate_every_task(tmp_path):
     tasks = sorted(str(p) for p in (REPO / "tasks").glob("*.yaml"))
     assert len(tasks) == 5
     records = tmp_path / "validate.json"
-    result = CliRunner().invoke(app, ["validate", *tasks, "--root", str(tmp_path), "--json", str(records)],
-                                terminal_width=200)
+    result = CliRunner().invoke(app, ["validate", *tasks, "--root", str(tmp_path), "--json", str(records),
+                                      "--jobs", "2"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "5 task(s) valid" in result.output and "NOT valid" not in result.output
+    # two side by side: the records still come in the order the tasks were named
+    assert [t["task"] for t in json.loads(records.read_text())] == [Path(t).stem for t in tasks]
     # the trained fixtures decode confidently: every new token of every gold port is compared
     for task in json.loads(records.read_text()):
         for check in task["gold"]:

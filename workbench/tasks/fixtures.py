@@ -45,7 +45,11 @@ def check_seed(cache: Path | None = None) -> int:
 
 
 def _run(cmd: list[str], repo_root: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
+    # One CPU thread: the tiny models gain nothing from more, and builds run side by side. On a
+    # 16-core GPU host, four fixture builds at torch's default 16 threads each ran past 300 s
+    # (thread oversubscription on tiny ops) where one build takes ~3 s.
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
     try:
         done = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     except subprocess.TimeoutExpired as err:
