@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels import W4A8Linear, W8A8Linear
-from kernels.packing import (pack_awq, pack_w4a8, repack_awq, scales_to_kernel, unpack_awq,
-                             unpack_nibbles_awq)
+from kernels.packing import pack_awq, pack_w4a8, repack_awq, scales_to_kernel, unpack_awq, unpack_nibbles_awq
 
 FORMATS = ("awq-sym", "compressed-tensors")
 # Linear layers the W4A8 contract quantizes: attention and MLP projections, including routed

@@ -228,7 +228,6 @@ def run(
     """Run agents on tasks: the task x model x attempt matrix, with a live view and a summary."""
     from .agent.registry import RegistryError, resolve_model
     from .runs.matrix import Job, MatrixRun
-
     from .tasks.prompt import HINTS
 
     if hints not in HINTS:
