@@ -6,9 +6,10 @@ Formats (../shared/ARCHITECTURE.md, "Checkpoint formats"):
   `quantization_config: {quant_method: awq, bits: 4, group_size, zero_point: false, version: gemm}`.
 - `compressed-tensors` pack-quantized: `<layer>.weight_packed` int32 [N, K/8], `.weight_scale`
   [N, G], `.weight_shape` int64 [2]; its `int-quantized` variant stores int4 values unpacked in
-  an int8 `<layer>.weight`. Config under `quantization_config` or (llmc) `compression_config`;
-  written, parsed, packed and unpacked by the compressed-tensors package itself, so that what we
-  write is what llm-compressor writes and transformers' integration loads (tests/adapters/test_interop.py).
+  an int8 `<layer>.weight`. Config under `quantization_config` or (llmc) `compression_config`.
+  Written (config and packing) by the compressed-tensors package itself, so that it is what
+  llm-compressor writes and transformers' integration loads; read without it, as a port must
+  (tests/adapters/test_interop.py holds the two to each other).
 - `awq` asymmetric (AutoAWQ / llmc `save_autoawq`, W4A16 checkpoints): as awq-sym plus
   `<layer>.qzeros` int32 [G, N/8]; run as W4A8 by quantizing activations on the fly, the zero
   points folded into a per-group correction (`W4A8Linear(zero_points=True)`).
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from kernels import W4A8Linear, W8A8Linear
-from kernels.packing import pack_awq, pack_w4a8, repack_awq, scales_to_kernel, unpack_awq, unpack_nibbles_awq
+from kernels.packing import (pack_awq, pack_w4a8, repack_awq, repack_ct, scales_to_kernel, unpack_awq,
+                             unpack_nibbles_awq)
 
 FORMATS = ("awq-sym", "compressed-tensors")
 # Linear layers the W4A8 contract quantizes: attention and MLP projections, including routed
@@ -86,29 +88,23 @@ def parse_quant_config(config: dict, where: str) -> QuantScheme:
 
 
 def _parse_compressed_tensors(qc: dict, where: str) -> QuantScheme:
-    """A compressed-tensors config, read through the package's own pydantic models."""
-    from compressed_tensors.quantization import QuantizationConfig  # only these checkpoints need it
-    from pydantic import ValidationError
-
-    try:  # `version`, `sparsity_config`, `transform_config` belong to ModelCompressor, not the model
-        config = QuantizationConfig.model_validate({k: v for k, v in qc.items() if k in QuantizationConfig.model_fields})
-    except ValidationError as err:
-        raise ValueError(f"{where}: quantization_config is not a valid compressed-tensors config: {err}") from err
-    groups = config.config_groups
+    """A compressed-tensors config, read without the package: these adapters are also the gold
+    ports, which run where a port runs (torch, triton, transformers, safetensors; CONTRACT.md).
+    What compressed-tensors' own models write is read here (tests/adapters/test_interop.py)."""
+    groups = qc.get("config_groups") or {}
     if len(groups) != 1:
         raise ValueError(f"{where}: compressed-tensors config_groups must hold exactly one group, got {list(groups)}")
-    scheme = next(iter(groups.values()))
-    weights, fmt = scheme.weights, scheme.format or config.format  # older writers set the format on top only
-    if weights is None or weights.type != "int":
-        raise ValueError(f"{where}: config_groups weights must be integer, got {weights}")
-    group_size = -1 if weights.strategy == "channel" else int(weights.group_size or -1)
-    if weights.num_bits == 8 and weights.symmetric and fmt == "int-quantized":
+    group = next(iter(groups.values()))
+    fmt = group.get("format") or qc.get("format")  # per group as 0.20 writes it; older writers: on top only
+    weights = group.get("weights") or {}
+    group_size = -1 if weights.get("strategy") == "channel" else int(weights.get("group_size") or -1)
+    if weights.get("num_bits") == 8 and weights.get("symmetric", False) and fmt == "int-quantized":
         if group_size != -1:
             raise ValueError(f"{where}: 8-bit weights must be per channel (strategy: channel), got {weights}")
         return QuantScheme("w8a8", -1)
-    if weights.num_bits != 4 or not weights.symmetric:
-        raise ValueError(f"{where}: config_groups weights must be 4-bit symmetric (or 8-bit int-quantized), "
-                         f"got {weights}")
+    if weights.get("num_bits") != 4 or not weights.get("symmetric", False) or weights.get("type", "int") != "int":
+        raise ValueError(f"{where}: config_groups weights must be 4-bit symmetric integers (or 8-bit "
+                         f"int-quantized), got {weights}")
     if fmt == "pack-quantized":
         return QuantScheme("ct-packed", group_size)
     if fmt == "int-quantized":
@@ -180,7 +176,10 @@ def to_kernel(scheme: QuantScheme, layer: str, tensors: dict[str, torch.Tensor],
         group_size = -1 if scales.shape[0] == 1 else in_features // scales.shape[0]
         return {"qweight": pack_w4a8(q, group_size), "scales": scales.contiguous(),
                 "zeros": ((zeros - 8) * scales).contiguous()}
-    q, scale = (unpack_compressed(layer, tensors) if fmt == "ct-packed" else tensors["weight"]), tensors["weight_scale"]
+    if fmt == "ct-packed":
+        packed, scales = repack_ct(tensors["weight_packed"], tensors["weight_scale"], tensors["weight_shape"].tolist())
+        return {"qweight": packed, "scales": scales}
+    q, scale = tensors["weight"], tensors["weight_scale"]
     if q.dtype != torch.int8 or q.dim() != 2 or q.shape[1] != in_features:
         raise ValueError(f"{layer}.weight: need int8 [N, {in_features}], got {q.dtype} {tuple(q.shape)}")
     if fmt == "w8a8":
@@ -190,13 +189,3 @@ def to_kernel(scheme: QuantScheme, layer: str, tensors: dict[str, torch.Tensor],
     group_size = -1 if scale.shape[-1] == 1 else in_features // scale.shape[-1]
     return {"qweight": pack_w4a8(q, group_size), "scales": scales_to_kernel(scale)}
 
-
-def unpack_compressed(layer: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """pack-quantized `weight_packed` int32 [N, K/8] -> int4 values int8 [N, K], by compressed-tensors."""
-    from compressed_tensors.compressors import unpack_from_int32
-
-    packed, shape = tensors["weight_packed"], tensors["weight_shape"].tolist()
-    if len(shape) != 2 or tuple(packed.shape) != (shape[0], -(-shape[1] // 8)) or packed.dtype != torch.int32:
-        raise ValueError(f"{layer}.weight_packed: need int32 [{shape[0]}, ceil({shape[1]}/8)] for weight_shape "
-                         f"{shape}, got {packed.dtype} {tuple(packed.shape)}")
-    return unpack_from_int32(packed, 4, torch.Size(shape))
