@@ -2,7 +2,9 @@
 # `workbench validate` of every task on a GPU host, the tasks side by side (each in a cache of its
 # own), from a plain checkout (MODE=plain: the repository on PYTHONPATH) or a pip install
 # (MODE=pip: `pip install --no-deps --no-build-isolation -e .`, run from outside the checkout).
-# Writes $OUT_DIR/<mode>-<task>.json and .log. Pip sources may be pre-seeded in $SEED_CACHE/pip.
+# Writes $OUT_DIR/<mode>-<task>.json per task and one $OUT_DIR/<mode>.log with every task's output
+# in turn (six files in all: a device that returns at most 8 gets every one). Pip sources may be
+# pre-seeded in $SEED_CACHE/pip.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export repo=$PWD mode=${MODE:-plain} out=${OUT_DIR:-/tmp/gpu-validate}
@@ -15,10 +17,16 @@ else
     export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
     run() { python3 -m workbench.cli validate "tasks/$1.yaml" --device cuda --json "$out/$mode-$1.json"; }
 fi
-for task in ${TASKS:-$(ls tasks/*.yaml | xargs -n1 basename | sed "s/\.yaml$//")}; do
+tasks=${TASKS:-$(ls tasks/*.yaml | xargs -n1 basename | sed "s/\.yaml$//")}
+for task in $tasks; do
     cache="/tmp/wb-$mode-$task"
     mkdir -p "$cache" && { [ -d "${SEED_CACHE:-}/pip" ] && cp -r "$SEED_CACHE/pip" "$cache/"; }
-    (export -f run; WB_CACHE_DIR="$cache" timeout "$limit" bash -c "run $task" > "$out/$mode-$task.log" 2>&1) &
+    (export -f run; WB_CACHE_DIR="$cache" timeout "$limit" bash -c "run $task" > "$cache/validate.log" 2>&1
+     echo "exit $? (124: over LIMIT_S=$limit s)" >> "$cache/validate.log") &
 done
 wait
-grep -h -E "valid|NOT" "$out"/$mode-*.log
+for task in $tasks; do
+    echo "===== $task"
+    cat "/tmp/wb-$mode-$task/validate.log"
+done > "$out/$mode.log"
+grep -E "^=====|valid|NOT|^exit" "$out/$mode.log"
