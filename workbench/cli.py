@@ -154,6 +154,15 @@ def failure_details(results: list, limit: int = 2000) -> list[str]:
             for r in results if not r.accepted and r.details]
 
 
+def _validation_table(task_id: str, result) -> Table:
+    table = Table("check", "base", "gold", "gold s", "gold summary", title=f"{task_id}: "
+                  + ("[green]valid[/]" if result.ok else "[red]NOT valid[/]"), title_justify="left")
+    for b, g in zip(result.base, result.gold, strict=True):
+        table.add_row(g.name, _status(b), _status(g), f"{g.seconds:.1f}",
+                      g.summary if g.accepted else f"[red]{g.summary}[/]")
+    return table
+
+
 @app.command()
 def validate(
     task_files: list[Path] = typer.Argument(..., help="task YAML files"),
@@ -166,26 +175,34 @@ def validate(
     from concurrent.futures import ThreadPoolExecutor
 
     from .checks.validate import validate_task
+    from .tasks.fixtures import FixtureError
+    from .tasks.sources import SourceError
+
+    def validate_one(spec):
+        try:
+            return validate_task(spec, root, device), None
+        except (FixtureError, SourceError, OSError) as err:  # this task could not be built: say so, go on
+            return None, f"{type(err).__name__}: {err}"
 
     specs = [_load_or_exit(task) for task in task_files]
     failed, records = [], []
     with ThreadPoolExecutor(jobs) as pool:  # results come back in task order, each as soon as it can
-        for spec, result in zip(specs, pool.map(lambda s: validate_task(s, root, device), specs)):
-            records.append({"task": spec.id, "valid": result.ok, "device": device or spec.device,
-                            "base": [r.model_dump(mode="json") for r in result.base],
-                            "gold": [r.model_dump(mode="json") for r in result.gold]})
+        for spec, (result, error) in zip(specs, pool.map(validate_one, specs)):
+            record = {"task": spec.id, "valid": bool(result and result.ok), "device": device or spec.device}
+            record.update({"error": error} if error else {"base": [r.model_dump(mode="json") for r in result.base],
+                                                          "gold": [r.model_dump(mode="json") for r in result.gold]})
+            records.append(record)
             if json_out:  # after each task: a run cut short keeps what it finished
                 json_out.write_text(json.dumps(records, indent=1))
-            table = Table("check", "base", "gold", "gold s", "gold summary", title=f"{spec.id}: "
-                          + ("[green]valid[/]" if result.ok else "[red]NOT valid[/]"), title_justify="left")
-            for b, g in zip(result.base, result.gold, strict=True):
-                table.add_row(g.name, _status(b), _status(g), f"{g.seconds:.1f}",
-                              g.summary if g.accepted else f"[red]{g.summary}[/]")
-            console.print(table)
-            if not result.ok:
+            if not record["valid"]:
                 failed.append(spec.id)
-                for line in failure_details(result.gold):
-                    console.print(f"{spec.id} gold {line}", markup=False, highlight=False)
+            if error:
+                console.print(f"[red]{spec.id}: NOT valid: its workspace could not be built: {error}[/red]",
+                              highlight=False)
+                continue
+            console.print(_validation_table(spec.id, result))
+            for line in [] if result.ok else failure_details(result.gold):
+                console.print(f"{spec.id} gold {line}", markup=False, highlight=False)
     if failed:
         console.print(f"[red]not valid: {', '.join(failed)}[/red]")
         raise typer.Exit(1)
