@@ -36,13 +36,10 @@ def main(
 @app.command()
 def info() -> None:
     """Print the versions of the pieces a run depends on."""
-    import importlib.metadata as md
+    from .tasks.sources import installed_release
 
     for dist in ("porting-workbench", "torch", "triton", "transformers", "openai"):
-        try:
-            console.print(f"{dist:18s} {md.version(dist)}")
-        except md.PackageNotFoundError:
-            console.print(f"{dist:18s} [red]not installed[/red]")
+        console.print(f"{dist:18s} {installed_release(dist) or '[red]not installed[/red]'}")
 
 
 @app.command()

@@ -4,7 +4,6 @@ reference module's source, the checkpoint, the probe arguments and the library r
 """
 
 import hashlib
-import importlib.metadata
 import json
 import re
 import shutil
@@ -16,16 +15,14 @@ from typing import Any
 
 import torch
 
-from ..tasks.sources import cache_root
+from ..tasks.sources import RUNTIME, cache_root, installed_release
 from .basic import from_process, tail
 from .candidate import REFERENCE_PRELUDE, run_candidate
 from .result import CheckResult
 from .sandbox import SandboxResult, run_sandboxed, scrubbed_env
 
 PROBES = Path(__file__).parent / "probes"
-REFERENCE_PACKAGES = ("adapters", "kernels")  # whose source keys the reference cache
-# and the releases it runs on: transformers 4.57 and 5.x build the same model differently
-REFERENCE_LIBRARIES = ("torch", "triton", "transformers", "safetensors")
+REFERENCE_PACKAGES = ("adapters", "kernels")  # whose source keys the reference cache (and RUNTIME's releases)
 
 
 @dataclass
@@ -74,7 +71,7 @@ def _reference_key(probe: str, args: dict, repo_root: Path) -> str:
     digest = hashlib.sha256(REFERENCE_PRELUDE.encode() + (PROBES / "spies.py").read_bytes()
                             + (PROBES / f"{probe}.py").read_bytes())
     digest.update(json.dumps(args, sort_keys=True).encode())
-    digest.update(" ".join(_version(name) for name in REFERENCE_LIBRARIES).encode())
+    digest.update(" ".join(_version(name) for name in RUNTIME).encode())
     for package in REFERENCE_PACKAGES:
         for path in sorted((repo_root / package).glob("*.py")):
             digest.update(path.name.encode() + path.read_bytes())
@@ -82,10 +79,8 @@ def _reference_key(probe: str, args: dict, repo_root: Path) -> str:
 
 
 def _version(distribution: str) -> str:
-    try:
-        return f"{distribution}=={importlib.metadata.version(distribution)}"
-    except importlib.metadata.PackageNotFoundError:
-        return f"{distribution} (absent)"
+    release = installed_release(distribution)
+    return f"{distribution}=={release}" if release else f"{distribution} (absent)"
 
 
 def probe_reference(repo_root: Path, probe: str, args: dict, timeout_s: float,

@@ -8,7 +8,6 @@ They are made by the adapters' own command lines in a subprocess (`python -m ada
 """
 
 import hashlib
-import importlib.metadata
 import os
 import secrets
 import shutil
@@ -17,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .sources import cache_root
+from .sources import cache_root, installed_release
 from .spec import Fixture
 
 SAMPLE_SEED = 0
@@ -64,10 +63,7 @@ def builder_digest(repo_root: Path) -> str:
     digest = hashlib.sha256()
     for name in BUILDER_SOURCES:
         digest.update(name.encode() + (repo_root / name).read_bytes())
-    try:
-        digest.update(importlib.metadata.version("compressed-tensors").encode())
-    except importlib.metadata.PackageNotFoundError:
-        pass
+    digest.update((installed_release("compressed-tensors") or "").encode())
     return digest.hexdigest()[:12]
 
 

@@ -8,28 +8,20 @@ the very knowledge a port needs and an agent may lack, so comparisons run with `
 default; the contract states the API, numerics and layouts either way.
 """
 
-import importlib.metadata
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
+from .sources import RUNTIME, installed_release
 from .spec import TaskSpec
 
 Hints = Literal["none", "full"]
-HINTS = ("none", "full")
-# what a port may import (CONTRACT.md) and the checks run it with
-RUNTIME = ("torch", "triton", "transformers", "safetensors")
+HINTS = get_args(Hints)
 
 
 def installed(names: tuple[str, ...] = RUNTIME) -> str:
     """`torch 2.13.0, triton 3.6.0, ...` for the releases of this environment."""
-    found = []
-    for name in names:
-        try:
-            found.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"{name} (not installed)")
-    return ", ".join(found)
+    return ", ".join(f"{name} {installed_release(name) or '(not installed)'}" for name in names)
 
 
 def checkpoint_facts(spec: TaskSpec, tree: Path) -> str | None:

@@ -7,6 +7,7 @@ time instead of silently leaving the agent without it.
 """
 
 import hashlib
+import importlib.metadata
 import os
 import re
 import shutil
@@ -23,10 +24,21 @@ import git
 from .spec import DirSource, GitSource, PipSource
 
 PIP_TIMEOUT_S = 300
+# What a port may import (CONTRACT.md) and the checks run it on; the reference cache is keyed by
+# their releases (transformers 4.57 and 5.x build the same model differently)
+RUNTIME = ("torch", "triton", "transformers", "safetensors")
 
 
 class SourceError(ValueError):
     """A source that cannot be materialized; the message names the source and what failed."""
+
+
+def installed_release(distribution: str) -> str | None:
+    """The installed version of `distribution`, None when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def cache_root() -> Path:
