@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("group_size", [-1, 128])
 def test_autotuned_kernel_at_qwen3_shapes(m, group_size, tmp_path, monkeypatch):
     monkeypatch.setenv("WB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("WB_SHIPPED_CONFIGS", "0")  # time the candidates, whatever this GPU ships
     monkeypatch.setattr(autotune, "_caches", {})
     n, k = 2048, 4096
     q, scales = quantize_weight(torch.randn(n, k, device="cuda") / k**0.5, group_size)
@@ -26,6 +27,20 @@ def test_autotuned_kernel_at_qwen3_shapes(m, group_size, tmp_path, monkeypatch):
     assert_matches_contract(y, w4a8_linear_ref(x, q, scales))
     cache = json.loads(next((tmp_path / "autotune").glob("*.json")).read_text())
     assert any(key.startswith(f"w4a8|N{n}|K{k}|g{group_size}|M{autotune.m_bucket(m)}") for key in cache)
+
+
+def test_a_known_gpu_runs_a_new_shape_without_tuning(tmp_path, monkeypatch):
+    shipped = autotune.SHIPPED_DIR / autotune.gpu_file_name(torch.cuda.get_device_name())
+    if not shipped.exists():
+        pytest.skip(f"no configs shipped for {torch.cuda.get_device_name()} ({shipped.name})")
+    monkeypatch.setenv("WB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "_caches", {})
+    n, k = 1536, 2560  # no Qwen3 layer has this shape: served by the nearest shipped one
+    q, scales = quantize_weight(torch.randn(n, k, device="cuda") / k**0.5, 128)
+    x = torch.randn(4, k, device="cuda", dtype=torch.bfloat16)
+    y = w4a8_gemm(x, pack_w4a8(q, 128), scales.t().contiguous(), 128)
+    assert_matches_contract(y, w4a8_linear_ref(x, q, scales))
+    assert not autotune.config_cache(torch.device("cuda")).tuned and not (tmp_path / "autotune").exists()
 
 
 def test_decode_step_captures_in_a_cuda_graph():
