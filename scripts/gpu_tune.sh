@@ -14,7 +14,8 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 user_cache=$(mktemp -d)
 start=$(date +%s)
 WB_CACHE_DIR=$user_cache timeout "${TUNE_LIMIT_S:-360}" python3 -m adapters.tune --ship ${TUNE_ARGS:-} 2>&1 | tail -4
-echo "tune: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s (124: over TUNE_LIMIT_S)"
+rc=${PIPESTATUS[0]}
+echo "tune: exit $rc after $(( $(date +%s) - start )) s$([ $rc = 124 ] && echo ": over TUNE_LIMIT_S")"
 cp "$user_cache"/autotune/*.json "$out/tuned-user-cache.json"
 cp kernels/tuned/*.json "$out/" 2>/dev/null
 tiny=$(mktemp -d)

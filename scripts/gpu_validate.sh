@@ -22,7 +22,7 @@ for task in $tasks; do
     cache="/tmp/wb-$mode-$task"
     mkdir -p "$cache" && { [ -d "${SEED_CACHE:-}/pip" ] && cp -r "$SEED_CACHE/pip" "$cache/"; }
     (export -f run; WB_CACHE_DIR="$cache" timeout "$limit" bash -c "run $task" > "$cache/validate.log" 2>&1
-     echo "exit $? (124: over LIMIT_S=$limit s)" >> "$cache/validate.log") &
+     rc=$?; echo "exit $rc$([ $rc = 124 ] && echo ": over LIMIT_S=$limit s")" >> "$cache/validate.log") &
 done
 wait
 for task in $tasks; do
