@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from kernels import autotune
 
 from .benchmark import SHAPES, build, real_config
+from .formats import parse_quant_config
 from .loader import synchronize
 
 M_BUCKETS = tuple(2**i for i in range(13))  # 1 .. 4096 = autotune.M_BUCKET_MAX
@@ -39,20 +40,23 @@ def ship(tuned: dict[str, dict], gpu_name: str, shipped_dir: Path = autotune.SHI
     return path
 
 
-def model_config(name_or_dir: str):
-    """A preset of adapters.benchmark.SHAPES, or a checkpoint directory's config.json, cut to
-    two decoder layers."""
+def model_config(name_or_dir: str, group_size: int):
+    """(config cut to two decoder layers, weight group size) of a preset of
+    adapters.benchmark.SHAPES, or of a checkpoint directory (its own group size when quantized)."""
     if name_or_dir in SHAPES:
         config = real_config(name_or_dir)
     else:
         from transformers import AutoConfig
 
-        if not (Path(name_or_dir) / "config.json").exists():
+        config_json = Path(name_or_dir) / "config.json"
+        if not config_json.exists():
             raise SystemExit(f"{name_or_dir}: neither a preset ({', '.join(SHAPES)}) nor a checkpoint "
                              "directory with a config.json")
         config = AutoConfig.from_pretrained(name_or_dir)
+        if getattr(config, "quantization_config", None):
+            group_size = parse_quant_config(json.loads(config_json.read_text()), str(config_json)).group_size
     config.num_hidden_layers = min(config.num_hidden_layers, 2)
-    return config
+    return config, group_size
 
 
 @torch.no_grad()
@@ -67,8 +71,8 @@ def tune(models: list[str], ms: tuple[int, ...], group_size: int, console: Conso
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("tuning", total=len(models) * len(ms), keys=0)
         for name in models:
-            config = model_config(name)
-            model = build(config, "w4a8-triton", device, group_size, fuse=True)
+            config, group = model_config(name, group_size)
+            model = build(config, "w4a8-triton", device, group, fuse=True)
             for m in ms:
                 progress.update(bar, description=f"{Path(name).name} M={m}")
                 tokens = torch.randint(0, config.vocab_size, (1, min(m, config.max_position_embeddings)))
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default=",".join(SHAPES), help=f"comma-separated presets from {list(SHAPES)}")
     parser.add_argument("--model-dir", action="append", default=[], help="a checkpoint directory (repeatable)")
     parser.add_argument("--m", default=",".join(map(str, M_BUCKETS)), help="comma-separated M values")
-    parser.add_argument("--group", type=int, default=128, help="weight group size of the presets (-1: per channel)")
+    parser.add_argument("--group", type=int, default=128,
+                        help="weight group size (-1: per channel) of the presets and of unquantized checkpoints")
     parser.add_argument("--ship", action="store_true", help="merge the result into kernels/tuned/<gpu>.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

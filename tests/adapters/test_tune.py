@@ -15,12 +15,13 @@ def test_tune_runs_every_model_at_every_m_and_times_nothing_off_a_gpu(tiny_dir, 
     assert "4/4" in console.export_text()  # two models x two M values, each forward run
 
 
-def test_model_config_takes_presets_and_checkpoints_cut_to_two_layers(tiny_dir):
-    assert tune.model_config("qwen3-32b").hidden_size == 5120
-    assert tune.model_config("qwen3-32b").num_hidden_layers == 2
-    assert tune.model_config(str(tiny_dir("ernie4_5_moe"))).num_hidden_layers == 2
+def test_model_config_takes_presets_and_checkpoints_cut_to_two_layers(tiny_dir, quant_dir):
+    config, group = tune.model_config("qwen3-32b", 128)
+    assert (config.hidden_size, config.num_hidden_layers, group) == (5120, 2, 128)
+    assert tune.model_config(str(tiny_dir("ernie4_5_moe")), 64)[0].num_hidden_layers == 2
+    assert tune.model_config(str(quant_dir("qwen3", group_size=32)), 128)[1] == 32  # the checkpoint's own
     with pytest.raises(SystemExit, match="neither a preset"):
-        tune.model_config("qwen3-9b")
+        tune.model_config("qwen3-9b", 128)
 
 
 def test_tune_refuses_without_a_gpu():
