@@ -23,6 +23,7 @@ import torch
 import transformers
 from torch import nn
 
+from .ernie4_5_moe import KEEP_FP32 as ERNIE_MOE_FP32
 from .formats import QuantScheme
 from .fusion import fuse_w4a8
 from .loader import assign_tensor, finish_model, swap_quantized_modules, synchronize
@@ -65,7 +66,9 @@ def build(config, variant: str, device: str, group_size: int = 128, fuse: bool =
         elif name.endswith("norm.weight"):
             value = torch.ones(t.shape, dtype=torch.bfloat16, device=device)
         else:
-            value = (torch.randn(t.shape, device=device) * 0.02).to(torch.bfloat16)
+            value = torch.randn(t.shape, device=device) * 0.02
+            if not (config.model_type == "ernie4_5_moe" and any(f in name for f in ERNIE_MOE_FP32)):
+                value = value.to(torch.bfloat16)  # Ernie-MoE's router stays fp32, as its adapter loads it
         assign_tensor(model, name, value)
     finish_model(model, config, device)
     if fuse and variant != "bf16":
