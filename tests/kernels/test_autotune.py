@@ -75,6 +75,7 @@ def test_every_shipped_config_is_still_a_candidate(path):
     (tuning again on that GPU): the candidate lists and the shipped files must change together."""
     configs = json.loads(path.read_text())
     assert configs, f"{path} ships nothing"
+    assert path.name in SMS, f"{path.name}: add that GPU's SM count to SMS"
     for k, config in configs.items():
         kernel, _, f = autotune.key_fields(k)
         assert kernel == "w4a8", f"{path}: {k}: the tune command ships W4A8 GEMM keys only"
