@@ -69,6 +69,7 @@ def test_contract_states_what_the_quantizer_writes(fmt, bullet):
 def test_contract_states_the_check_defaults():
     words = " ".join(CONTRACT.split())
     assert f"within {model_checks.PADDED_RTOL:.0%}" in words
+    assert f"within {model_checks.ROUTER_TIE:.0%} of a tie" in words
     assert f"{model_checks.DEFAULT_NEW_TOKENS} new tokens" in words
     assert f"batches of 1-{model_checks.DEFAULT_PROMPTS_SHAPE[0]} rows" in words
 

@@ -109,6 +109,52 @@ class LayerTap:
         return logits.detach().float().cpu(), list(self.outputs)
 
 
+class RouterMargins:
+    """Hooks on a MoE model's routers (`mlp.gate` modules): per token, the relative gap between the
+    k-th and (k+1)-th expert scores (softmax of the router logits, plus Ernie's
+    e_score_correction_bias where the model has one: what top-k selects on), the minimum over
+    layers. Two correct ports may pick different experts where that gap is within rounding: a
+    GEMM of another shape (a padded batch against a prompt alone) moves the router logits by a
+    bf16 ulp. Measured on the tiny Qwen3-MoE gold port: a gap under 5e-6 at one token flipped an
+    expert and put the padded row 11% (rel. L2) from the prompt alone, 24% at that position."""
+
+    def __init__(self, model, config: dict, enabled: bool):
+        self.top_k = config.get("num_experts_per_tok") or config.get("moe_k")
+        modules = dict(model.named_modules()) if enabled and self.top_k else {}
+        # Ernie's bias sits in the gate (transformers 5.x) or beside it in the MoE block (4.57)
+        self.routers = [(m, modules[name[:-len(".gate")]]) for name, m in modules.items() if name.endswith("mlp.gate")]
+        self.found = bool(self.routers)
+        self.margins: list[torch.Tensor] = []
+
+    def __enter__(self):
+        self.handles = [gate.register_forward_hook(self._hook(block)) for gate, block in self.routers]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+    def _hook(self, block):
+        bias = next((t for n, t in list(block.named_buffers()) + list(block.named_parameters())
+                     if n.endswith("e_score_correction_bias")), None)
+
+        def hook(module, args, output):
+            logits = output[0] if isinstance(output, (tuple, list)) else output
+            scores = logits.detach().float().softmax(-1)
+            if bias is not None:
+                scores = scores + bias.detach().float().reshape(-1)
+            top = scores.topk(self.top_k + 1, dim=-1).values
+            self.margins.append(((top[..., -2] - top[..., -1]) / top[..., -2].abs().clamp_min(1e-12)).cpu())
+        return hook
+
+    def take(self, shape) -> torch.Tensor:
+        """[B, T] minimum margin over the layers of the forward just run (inf without routers)."""
+        margins, self.margins = self.margins, []
+        if not margins:
+            return torch.full(tuple(shape), float("inf"))
+        return torch.stack([m.reshape(shape) for m in margins]).amin(dim=0)
+
+
 class Probe:
     def __init__(self, args: dict):
         self.args = args
@@ -196,9 +242,16 @@ class Probe:
         for row, pad in enumerate(pads):
             mask[row, :pad] = 0
             ids[row, :pad] = self.config.get("pad_token_id") or 0
-        tensors["padded"] = logits_of(model(ids, attention_mask=mask)).float().cpu()
-        tensors["unpadded"] = [logits_of(model(ids[row:row + 1, pad:])).float().cpu()[0]
-                               for row, pad in enumerate(pads)]
+        with RouterMargins(model, self.config, self.args.get("router_margins", False)) as routers:
+            tensors["padded"] = logits_of(model(ids, attention_mask=mask)).float().cpu()
+            padded_margin = routers.take(ids.shape)
+            tensors["unpadded"], alone_margins = [], []
+            for row, pad in enumerate(pads):
+                tensors["unpadded"].append(logits_of(model(ids[row:row + 1, pad:])).float().cpu()[0])
+                alone_margins.append(routers.take(ids[row:row + 1, pad:].shape)[0])
+        if routers.found:  # per real position, the closest expert choice of either run, any layer
+            tensors["router_margin"] = [torch.minimum(padded_margin[row, pad:], alone)
+                                        for row, (pad, alone) in enumerate(zip(pads, alone_margins))]
 
     def margins(self, result: dict, tensors: dict) -> None:
         """Teacher-forced over the greedy continuations of both prompt batches: the gap between the
