@@ -12,7 +12,10 @@ their forward code (but for Qwen3 attention's static-cache decode step, see belo
   (`attach_int8`), which the next W4A8Linear takes instead of quantizing again; Qwen3's q/k
   norms become `TritonRMSNorm(quantize=False)`, one kernel each, and the attention module gets a
   decode step of four launches (decode_step_attention.py);
-- routed experts are stacked ([E, N, K/2]) so that they run as one grouped launch (moe.py).
+- routed experts are stacked ([E, N, K/2]) so that they run as one grouped launch (moe.py), and
+  transformers' sparse MoE block becomes `FusedSparseMoE`: routing in one kernel
+  (kernels/moe_routing.py), router weights applied in the down projection's epilogue, the
+  RMSNorm before it quantizing as it normalizes.
 Per decode layer of Qwen3 that is 2 quantizations, 4 GEMMs and 4 one-kernel norms instead of 7
 quantizations, 7 GEMMs and 4 six-kernel HF norms. Values equal the unfused path's: same int8 inputs, same
 weights; only fp32 summation order inside a GEMM may differ (tile and split choices).
@@ -30,7 +33,7 @@ from kernels.fused_act import rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_quan
 from kernels.linear import W4A8Linear, attach_int8
 
 from .decode_step_attention import enable_decode_step
-from .moe import W4A8Experts
+from .moe import FusedSparseMoE, W4A8Experts
 
 _SILU = (nn.SiLU, getattr(activations, "SiLUActivation", nn.SiLU))  # ACT2FN["silu"] in 4.57 / 5.x
 
@@ -154,7 +157,7 @@ def _fused_mlp(mlp: nn.Module) -> FusedMLP | None:
 @torch.no_grad()
 def fuse_w4a8(model: nn.Module) -> dict[str, int]:
     """Fuse in place (see the module docstring); returns how many of each fusion were made."""
-    made = {"qkv": 0, "mlp": 0, "norm": 0, "experts": 0, "decode_step": 0}
+    made = {"qkv": 0, "mlp": 0, "norm": 0, "experts": 0, "router": 0, "decode_step": 0}
     for layer in model.model.layers:
         attn = layer.self_attn
         if _fuse_attention(attn):
@@ -184,4 +187,9 @@ def fuse_w4a8(model: nn.Module) -> dict[str, int]:
         experts = getattr(mlp, "experts", None)
         if isinstance(experts, W4A8Experts) and experts.stack():
             made["experts"] += 1
+            if FusedSparseMoE.fits(mlp):
+                layer.mlp = FusedSparseMoE(mlp)
+                layer.post_attention_layernorm = TritonRMSNorm(layer.post_attention_layernorm, quantize=True)
+                made["router"] += 1
+                made["norm"] += 1
     return made

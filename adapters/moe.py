@@ -22,13 +22,15 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers.activations import ACT2FN
 
 from kernels.autotune import triton_runs_on
 from kernels.act_quant import per_token_quant_int8
 from kernels.fused_act import silu_mul_quant
-from kernels.linear import W4A8Linear
-from kernels.w4a8_moe import GEMV_MAX_SLOTS, route_by_expert, w4a8_moe_gemm, w4a8_moe_gemv
+from kernels.linear import W4A8Linear, attached_int8
+from kernels.moe_routing import topk_softmax
+from kernels.w4a8_moe import GEMV_MAX_SLOTS, route_by_expert, sum_slots, w4a8_moe_gemm, w4a8_moe_gemv
 
 
 class ExpertMLP(nn.Module):
@@ -73,25 +75,29 @@ class W4A8Experts(nn.ModuleList):
             self.stacked = {"w13": w13, "s13": s13, "w2": w2, "s2": s2}
         return True
 
-    def _grouped(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor) -> torch.Tensor:
-        """[T*k, H] expert outputs in (token, slot) order, unweighted, in two grouped launches."""
-        st, top_k, dtype = self.stacked, top_k_index.shape[1], hidden_states.dtype
+    def routed(self, x_q: torch.Tensor, x_scale: torch.Tensor, top_k_index: torch.Tensor,
+               top_k_weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[T, H]: the weighted sum of each token's k expert outputs, in two grouped launches (after
+        `stack()`) from the tokens' int8 quantization (x_q [T, H], x_scale [T, 1]). The router
+        weights are applied in the down projection's epilogue; the k outputs are summed in slot order."""
+        st, top_k = self.stacked, top_k_index.shape[1]
         group, down_group = self[0].gate_proj.group_size, self[0].down_proj.group_size
-        x_q, x_scale = per_token_quant_int8(hidden_states)
         if top_k_index.numel() <= GEMV_MAX_SLOTS and x_q.shape[1] % 4 == 0 and st["w13"].shape[1] % 8 == 0:
             h = w4a8_moe_gemv(x_q, x_scale, st["w13"], st["s13"], top_k_index, group, top_k, dtype)
-            return w4a8_moe_gemv(*silu_mul_quant(h), st["w2"], st["s2"], top_k_index, down_group, 1, dtype)
-        routing = route_by_expert(top_k_index, len(self))
-        h = w4a8_moe_gemm(x_q, x_scale, st["w13"], st["s13"], routing, group, top_k, dtype)
-        return w4a8_moe_gemm(*silu_mul_quant(h), st["w2"], st["s2"], routing, down_group, 1, dtype)
+            y = w4a8_moe_gemv(*silu_mul_quant(h), st["w2"], st["s2"], top_k_index, down_group, 1, dtype,
+                              top_k_weights)
+        else:
+            routing = route_by_expert(top_k_index, len(self))
+            h = w4a8_moe_gemm(x_q, x_scale, st["w13"], st["s13"], routing, group, top_k, dtype)
+            y = w4a8_moe_gemm(*silu_mul_quant(h), st["w2"], st["s2"], routing, down_group, 1, dtype, top_k_weights)
+        return sum_slots(y, top_k)
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
         n_tokens, top_k = top_k_index.shape
         if self.stacked is not None and triton_runs_on(hidden_states):
-            y = self._grouped(hidden_states, top_k_index)
-            y = y * top_k_weights.reshape(-1, 1).to(y.dtype)
-            return y.reshape(n_tokens, top_k, -1).sum(dim=1)
+            weights = top_k_weights.to(hidden_states.dtype)
+            return self.routed(*per_token_quant_int8(hidden_states), top_k_index, weights, hidden_states.dtype)
         flat = top_k_index.reshape(-1)  # [T*k] expert of each (token, slot)
         order = torch.argsort(flat, stable=True)  # slots grouped by expert
         counts = torch.bincount(flat, minlength=len(self)).tolist()
@@ -107,3 +113,57 @@ class W4A8Experts(nn.ModuleList):
         out = torch.empty_like(y)
         out[order] = y  # back to (token, slot) order
         return out.reshape(n_tokens, top_k, -1).sum(dim=1)
+
+
+# transformers 5.x routers whose forward `topk_softmax` computes (kernels/moe_routing.py), by class:
+# the names pin the forward code it was checked against (tests/adapters/test_fast_decode.py)
+ROUTERS = {"Qwen3MoeTopKRouter": "qwen3_moe", "Ernie4_5_MoeTopKRouter": "ernie4_5_moe"}
+SPARSE_BLOCKS = {"Qwen3MoeSparseMoeBlock", "Ernie4_5_MoeSparseMoeBlock"}
+
+
+class FusedSparseMoE(nn.Module):
+    """transformers' sparse MoE block (Qwen3-MoE, Ernie-4.5-MoE) with the routing in one kernel.
+
+    Per layer: the router GEMV (F.linear, as transformers runs it), `topk_softmax` (softmax, top-k,
+    renormalization and cast in one launch), the stacked experts (`W4A8Experts.routed`: router
+    weights applied in the down projection's epilogue) on the int8 quantization that
+    TritonRMSNorm attached to the input, and the shared experts if the block has them. Where
+    transformers' block takes 6-8 launches of routing glue and 3 of weighting, this takes none.
+    `gate`, `experts` and `shared_experts` stay submodules by their names (same state dict); the
+    router's own forward is not called, so `output_router_logits` does not see its logits.
+    """
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.gate, self.experts = block.gate, block.experts
+        self.shared_experts = getattr(block, "shared_experts", None)
+        self.family = ROUTERS[type(block.gate).__name__]
+
+    @staticmethod
+    def fits(block: nn.Module) -> bool:
+        experts = getattr(block, "experts", None)
+        return (type(block).__name__ in SPARSE_BLOCKS and type(getattr(block, "gate", None)).__name__ in ROUTERS
+                and isinstance(experts, W4A8Experts) and experts.stacked is not None)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights [T, k] in x's dtype, expert ids [T, k] int32), the router's values."""
+        gate = self.gate
+        if self.family == "qwen3_moe":  # bf16 logits, softmax in fp32; renormalized when norm_topk_prob
+            return topk_softmax(F.linear(x, gate.weight), gate.top_k, gate.norm_topk_prob, x.dtype)
+        # Ernie: fp32 logits; the correction bias steers the choice; weights / max(sum, moe_norm_min)
+        logits = F.linear(x.float(), gate.weight.float())
+        return topk_softmax(logits, gate.top_k, True, x.dtype, gate.moe_statics.e_score_correction_bias,
+                            gate.norm_min)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = hidden_states.reshape(-1, hidden_states.shape[-1])
+        if triton_runs_on(x):
+            weights, ids = self.route(x)
+            x_q, x_scale = attached_int8(hidden_states) or per_token_quant_int8(x)
+            y = self.experts.routed(x_q, x_scale, ids, weights, x.dtype)
+        else:
+            _, weights, ids = self.gate(x)
+            y = self.experts(x, ids, weights)
+        if self.shared_experts is not None:  # on the 3-D input: its int8 quantization is attached there
+            y = y + self.shared_experts(hidden_states).reshape(y.shape)
+        return y.reshape(hidden_states.shape)

@@ -28,10 +28,11 @@ from .act_quant import per_token_quant_int8
 from .compile_only import KernelBuild, compile_only
 from .decode_attention import decode_attention
 from .fused_act import rmsnorm, rmsnorm_quant, silu_mul_quant
+from .moe_routing import topk_softmax
 from .packing import padded_k
 from .qk_rope import qk_norm_rope_store
 from .w4a8_gemm import DECODE_MAX_M, candidate_configs, decode_plan, w4a8_gemm
-from .w4a8_moe import GEMV_MAX_SLOTS, route_by_expert, w4a8_moe_gemm, w4a8_moe_gemv
+from .w4a8_moe import GEMV_MAX_SLOTS, route_by_expert, sum_slots, w4a8_moe_gemm, w4a8_moe_gemv
 from .w8a8_gemm import candidate_configs as w8a8_candidate_configs, w8a8_gemm
 
 # Qwen3 shapes (../shared/REFERENCE.md): hidden, q heads, kv heads, head dim, MLP width; MoE:
@@ -114,15 +115,22 @@ def sweep_attention(s: Sweep, shape: dict, b: int) -> None:
 def sweep_experts(s: Sweep, shape: dict, m: int, group_size: int) -> None:
     hidden, inter, experts, top_k = shape["hidden"], shape["inter"], shape["experts"], shape["top_k"]
     top = torch.randint(0, experts, (m, top_k))  # real expert ids: routing is torch and reads them
+    logits = torch.empty(m, experts, dtype=torch.bfloat16)
+    for bias in (None, torch.empty(experts)):  # Qwen3-MoE's router, Ernie-4.5-MoE's
+        s.run(f"topk_softmax T={m} E={experts} bias={bias is not None}",
+              lambda: topk_softmax(logits, top_k, True, torch.bfloat16, bias))
+    slot_weights = torch.empty(m, top_k, dtype=torch.bfloat16)
+    s.run(f"sum_slots T={m} k={top_k}", lambda: sum_slots(torch.empty(m * top_k, hidden, dtype=torch.bfloat16), top_k))
     for what, n, k, rows, row_div in (("gate_up", 2 * inter, hidden, m, top_k), ("down", hidden, inter, m * top_k, 1)):
         packed, scales = _weights(n, k, group_size, experts)
         x_q, x_scale = torch.empty(rows, k, dtype=torch.int8), torch.empty(rows, 1, dtype=torch.float32)
+        weights = slot_weights if what == "down" else None  # as W4A8Experts.routed launches them
         where = f"experts {what} M={m} g={group_size}"
         s.run(where, lambda: w4a8_moe_gemm(x_q, x_scale, packed, scales, route_by_expert(top, experts),
-                                           group_size, row_div, torch.bfloat16))
+                                           group_size, row_div, torch.bfloat16, weights))
         if m * top_k <= GEMV_MAX_SLOTS:
             s.run(where + " gemv", lambda: w4a8_moe_gemv(x_q, x_scale, packed, scales, top, group_size, row_div,
-                                                         torch.bfloat16))
+                                                         torch.bfloat16, weights))
 
 
 def sweep_w8a8(s: Sweep, m: int) -> None:

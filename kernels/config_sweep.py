@@ -1,11 +1,16 @@
 """Config sweep for the W4A8 GEMM: every candidate launch config, then warp/stage variants of
 the three fastest, timed on the GPU and checked against the reference.
 
-    python -m kernels.config_sweep [decode|prefill|all]
+    python -m kernels.config_sweep [decode|prefill|all|moe]
 
 Prints, per shape, the bf16 time and the six fastest configs. This is the evidence behind the
 candidate lists in `w4a8_gemm.candidate_configs` and the "what holds the rest back" section of
 the README. Times include per-token activation quantization, as `w4a8_gemm` does.
+
+`moe` times the expert GEMV's configs (`w4a8_moe.moe_gemv_candidates`) and the routed-tile GEMM
+on Qwen3-30B-A3B's expert layers at 8 and 128 slots (batch 1 and 16): the evidence behind
+`moe_gemv_config` and `GEMV_MAX_SLOTS`. Expert ids are drawn afresh for each of 16 calls in
+the graph, so the weights come from HBM as at decode.
 """
 
 import itertools
@@ -18,6 +23,7 @@ from .autotune import graph_ms
 from .packing import pack_w4a8
 from .reference import quantize_weight, w4a8_linear_ref
 from .w4a8_gemm import _launch, candidate_configs, sm_count
+from .w4a8_moe import moe_gemv_candidates, route_by_expert, w4a8_moe_gemm, w4a8_moe_gemv
 
 SHAPES = [  # M, N, K, group_size: Qwen3-8B / 30B-A3B layers
     (1, 24576, 4096, 128), (4, 24576, 4096, 128), (1, 4096, 12288, 128), (16, 24576, 4096, 128),
@@ -27,7 +33,8 @@ SHAPES = [  # M, N, K, group_size: Qwen3-8B / 30B-A3B layers
 
 
 def graph_us(fn, calls: int = 10) -> float:
-    return graph_ms([fn], calls, warmup_ms=10, rep_ms=40) * 1e3
+    """GPU microseconds per call of fn (or of a list of fns taken in turn) from graph replays."""
+    return graph_ms(fn if isinstance(fn, list) else [fn], calls, warmup_ms=10, rep_ms=40) * 1e3
 
 
 def sweep(m: int, n: int, k: int, group_size: int) -> None:
@@ -61,8 +68,42 @@ def sweep(m: int, n: int, k: int, group_size: int) -> None:
         print(f"   {t:8.1f} us  x{t_bf16 / t:4.2f} vs bf16  rel err {err:.1e}  {cfg}", flush=True)
 
 
+def sweep_moe(slots: int, experts: int = 128, hidden: int = 2048, inter: int = 768, top_k: int = 8,
+              group_size: int = 128) -> None:
+    tokens = slots // top_k
+    for what, n, k, row_div in (("gate_up", 2 * inter, hidden, top_k), ("down", hidden, inter, 1)):
+        q, s = quantize_weight(torch.randn(experts * n, k, device="cuda") / k**0.5, group_size)
+        packed = pack_w4a8(q, group_size).reshape(experts, n, -1)
+        scales = s.reshape(experts, n, -1).transpose(1, 2).contiguous()
+        x_q, x_scale = per_token_quant_int8(torch.randn(tokens * top_k // row_div, k, device="cuda"))
+        ids = [torch.stack([torch.randperm(experts, device="cuda")[:top_k] for _ in range(tokens)]).int()
+               for _ in range(16)]
+        weights = torch.rand(tokens, top_k, device="cuda").to(torch.bfloat16) if what == "down" else None
+        ref = w4a8_moe_gemv(x_q, x_scale, packed, scales, ids[0], group_size, row_div, torch.bfloat16, weights)
+        bytes_per_call = slots * n * k // 2
+        results = []
+        for cfg in moe_gemv_candidates():
+            fns = [lambda i=i: w4a8_moe_gemv(x_q, x_scale, packed, scales, ids[i], group_size, row_div,
+                                             torch.bfloat16, weights, cfg) for i in range(16)]
+            err = ((fns[0]().float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+            assert err < 1e-2, (cfg, err)  # the same int32 group sums; fp32 order differs with BLOCK_W
+            results.append((graph_us(fns, calls=16), cfg))
+        routed = graph_us([lambda i=i: w4a8_moe_gemm(x_q, x_scale, packed, scales, route_by_expert(ids[i], experts),
+                                                    group_size, row_div, torch.bfloat16, weights)
+                           for i in range(16)], calls=16)
+        default = results[0][0]
+        results.sort(key=lambda r: r[0])
+        print(f"experts {what} N={n} K={k} slots={slots}: default GEMV {default:.1f} us, routed tiles "
+              f"(with routing) {routed:.1f} us", flush=True)
+        for t, cfg in results[:6]:
+            print(f"   {t:8.1f} us  {bytes_per_call / t / 1e6:5.2f} TB/s of slot weights  {cfg}", flush=True)
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if which == "moe":
+        for slots in (8, 128):
+            sweep_moe(slots)
     for shape in SHAPES:
-        if which == "all" or (which == "decode") == (shape[0] <= 16):
+        if which == "all" or which != "moe" and (which == "decode") == (shape[0] <= 16):
             sweep(*shape)

@@ -15,11 +15,14 @@ once. That is what lets a decode step with MoE layers be captured in a CUDA grap
 experts in adapters/moe.py needs the per-expert counts on the host. At decode (T=1, k=8) it is
 8 blocks of one valid row each: the cost is reading the 8 experts' weights, as for a dense GEMM.
 
-For a few slots (decode at batch 1-2), `w4a8_moe_gemv` skips the routing: one program per (slot,
-N tile) reads the slot's expert id and runs the dp4a GEMV loop (w4a8_gemv.py) on that expert's
-weights. Routing is about ten torch launches per layer (scatter_add, argsort, cumsums,
+For decode batches (up to GEMV_MAX_SLOTS slots), `w4a8_moe_gemv` skips the routing: one program
+per (slot, N tile) reads the slot's expert id and runs the dp4a GEMV loop (w4a8_gemv.py) on that
+expert's weights. Routing is about ten torch launches per layer (scatter_add, argsort, cumsums,
 searchsorted, an index write), launch latency that buys nothing when 8 slots meet 128 experts
 (Qwen3-30B-A3B at batch 1: 48 layers); an expert that two slots share is read twice, from L2.
+
+Both kernels take the router's weights (`slot_weights`) for the down projection and apply them
+in the epilogue (`weigh_slot`); `sum_slots` then adds each token's k rows in one launch.
 """
 
 from dataclasses import dataclass
@@ -29,10 +32,13 @@ import triton
 import triton.language as tl
 
 from .autotune import interpreting
+from .fused_act import round_to
 from .w4a8_gemm import w4a8_tile
 from .w4a8_gemv import gemv_tile, word_view
 
-GEMV_MAX_SLOTS = 16  # up to this many (token, expert) slots, `w4a8_moe_gemv` (no routing) runs instead
+# up to this many (token, expert) slots `w4a8_moe_gemv` (no routing) runs instead: Qwen3-30B-A3B at
+# batch 16 (128 slots) decoded 2255 tok/s with it, 2020 with routed tiles (H200, decode_benchmark)
+GEMV_MAX_SLOTS = 128
 
 
 @dataclass
@@ -76,14 +82,14 @@ def moe_block_m(n_slots: int) -> int:
 @triton.jit
 def _w4a8_moe_kernel(
     # pointers
-    xq_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr,
+    xq_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, slot_weights_ptr,
     sorted_ptr, block_expert_ptr, n_padded_ptr,
     # sizes
     N, K, K_HALF, S,
     # strides
     stride_xm, stride_we, stride_wn, stride_se, stride_sg, stride_om,
     # meta-parameters
-    ROW_DIV: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    ROW_DIV: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     block = tl.program_id(0)
@@ -101,9 +107,28 @@ def _w4a8_moe_kernel(
     acc = w4a8_tile(x_col, 1, mask_m, w_row, 1, ws_n, stride_sg, mask_n, K, K_HALF, 0,
                     tl.cdiv(K_HALF, BLOCK_K // 2), BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SIZE)
     x_scale = tl.load(xs_ptr + rows, mask=mask_m, other=0.0)
-    out = acc * x_scale[None, :]
+    out = (acc * x_scale[None, :]).to(out_ptr.dtype.element_ty)
+    if HAS_WEIGHTS:
+        slot_weights = tl.load(slot_weights_ptr + slots, mask=mask_m, other=0.0)
+        out = weigh_slot(out, slot_weights[None, :])
     out_ptrs = out_ptr + slots[None, :].to(tl.int64) * stride_om + offs_n[:, None]
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
+    tl.store(out_ptrs, out, mask=mask_n[:, None] & mask_m[None, :])
+
+
+@triton.jit
+def weigh_slot(out, weight):
+    """A slot's output (out dtype) times its router weight, rounded to the out dtype: the bits of
+    transformers' `expert_output * top_k_weights` in that dtype (one fp32 product, one rounding)."""
+    return round_to(out.to(tl.float32) * weight.to(tl.float32), out.dtype).to(out.dtype)
+
+
+def _flat_weights(slot_weights: torch.Tensor | None, n_slots: int, placeholder: torch.Tensor) -> torch.Tensor:
+    if slot_weights is None:
+        return placeholder
+    flat = slot_weights.reshape(-1)
+    if flat.numel() != n_slots:
+        raise ValueError(f"slot_weights has {flat.numel()} entries for {n_slots} (token, expert) slots")
+    return flat.contiguous()
 
 
 def moe_config(block_m: int, n: int, group_size: int) -> dict:
@@ -116,8 +141,11 @@ def moe_config(block_m: int, n: int, group_size: int) -> dict:
 
 
 def w4a8_moe_gemm(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
-                  routing: ExpertRouting, group_size: int, row_div: int, out_dtype: torch.dtype) -> torch.Tensor:
-    """Per-slot expert GEMM: out[s] = x[s // row_div] . W[expert(s)]^T, returns [S, N] out_dtype.
+                  routing: ExpertRouting, group_size: int, row_div: int, out_dtype: torch.dtype,
+                  slot_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-slot expert GEMM: out[s] = x[s // row_div] . W[expert(s)]^T, returns [S, N] out_dtype;
+    with `slot_weights` ([S] or [T, k], the router's weights) each row is weighted in the epilogue
+    (`weigh_slot`).
 
     x_q int8 [R, K] and x_scale fp32 [R, 1] (per_token_quant_int8); packed_w int8 [E, N, K_pad/2]
     and w_scale fp32 [E, G, N] (experts stacked, each in the dense kernel layout).
@@ -134,11 +162,11 @@ def w4a8_moe_gemm(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tens
     cfg = moe_config(routing.block_m, n, group_size)
     grid = (routing.sorted_slots.numel() // routing.block_m, triton.cdiv(n, cfg["BLOCK_N"]))
     _w4a8_moe_kernel[grid](
-        x_q, x_scale, packed_w, w_scale, out,
+        x_q, x_scale, packed_w, w_scale, out, _flat_weights(slot_weights, routing.n_slots, x_scale),
         routing.sorted_slots, routing.block_expert, routing.n_padded,
         n, k, k_half, routing.n_slots,
         x_q.stride(0), packed_w.stride(0), packed_w.stride(1), w_scale.stride(0), w_scale.stride(1), out.stride(0),
-        ROW_DIV=row_div, GROUP_SIZE=max(group_size, 0), **cfg,
+        ROW_DIV=row_div, GROUP_SIZE=max(group_size, 0), HAS_WEIGHTS=slot_weights is not None, **cfg,
     )
     return out
 
@@ -147,14 +175,14 @@ def w4a8_moe_gemm(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tens
 @triton.jit
 def _w4a8_moe_gemv_kernel(
     # pointers (xq and w as int32 words)
-    xq_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, expert_ptr,
+    xq_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, expert_ptr, slot_weights_ptr,
     # sizes, in words (see _w4a8_gemv_kernel)
     N, W_HALF, X_WORDS,
     # strides (xq and w in words)
     stride_xm, stride_we, stride_wn, stride_se, stride_sg, stride_om,
     # meta-parameters
-    ROW_DIV: tl.constexpr, GROUP_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
-    ASM: tl.constexpr,
+    ROW_DIV: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_WEIGHTS: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_W: tl.constexpr, W_STAGES: tl.constexpr, ASM: tl.constexpr,
 ):
     slot = tl.program_id(0)
     expert = tl.load(expert_ptr + slot).to(tl.int64)
@@ -163,15 +191,19 @@ def _w4a8_moe_gemv_kernel(
     mask_n = offs_n < N
     acc = gemv_tile(xq_ptr + row * stride_xm, 0, 1, w_ptr + expert * stride_we + offs_n[:, None] * stride_wn,
                     ws_ptr + expert * stride_se + offs_n, stride_sg, mask_n, W_HALF, X_WORDS,
-                    0, tl.cdiv(W_HALF, BLOCK_W), GROUP_SIZE, 1, BLOCK_N, BLOCK_W, ASM, 1)
-    out = tl.sum(acc, axis=1) * (tl.load(xs_ptr + row) * 0.0625)  # one row; 16 * q nibbles
-    tl.store(out_ptr + slot * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
+                    0, tl.cdiv(W_HALF, BLOCK_W), GROUP_SIZE, 1, BLOCK_N, BLOCK_W, ASM, W_STAGES)
+    out = (tl.sum(acc, axis=1) * (tl.load(xs_ptr + row) * 0.0625)).to(out_ptr.dtype.element_ty)  # 16 * q nibbles
+    if HAS_WEIGHTS:
+        out = weigh_slot(out, tl.load(slot_weights_ptr + slot))
+    tl.store(out_ptr + slot * stride_om + offs_n, out, mask=mask_n)
 
 
 def w4a8_moe_gemv(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
-                  top_k_index: torch.Tensor, group_size: int, row_div: int, out_dtype: torch.dtype) -> torch.Tensor:
+                  top_k_index: torch.Tensor, group_size: int, row_div: int, out_dtype: torch.dtype,
+                  slot_weights: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
     """`w4a8_moe_gemm`'s result for few slots, without routing: out[s] = x[s // row_div] . W[e_s]^T
-    with e_s = top_k_index.flatten()[s]; x_q's K a multiple of 4 (int32 words)."""
+    with e_s = top_k_index.flatten()[s]; x_q's K a multiple of 4 (int32 words). `config`
+    (BLOCK_N, BLOCK_W, W_STAGES, num_warps) defaults to `moe_gemv_config(slots)`."""
     e, n, k_half = packed_w.shape
     k = x_q.shape[1]
     experts = top_k_index.reshape(-1)
@@ -179,12 +211,57 @@ def w4a8_moe_gemv(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tens
     if experts.numel() == 0:
         return out
     xw, ww = word_view(x_q), packed_w.view(torch.int32)
-    block_n, block_w = 16, min(32, k_half // 4, 32 if group_size == -1 else group_size // 4)
-    _w4a8_moe_gemv_kernel[(experts.numel(), triton.cdiv(n, block_n))](
-        xw, x_scale, ww, w_scale, out, experts,
+    config = config or moe_gemv_config(experts.numel())
+    block_w = min(config["BLOCK_W"], k_half // 4, config["BLOCK_W"] if group_size == -1 else group_size // 4)
+    _w4a8_moe_gemv_kernel[(experts.numel(), triton.cdiv(n, config["BLOCK_N"]))](
+        xw, x_scale, ww, w_scale, out, experts, _flat_weights(slot_weights, experts.numel(), x_scale),
         n, k_half // 4, k // 4,
         xw.stride(0), ww.stride(0), ww.stride(1), w_scale.stride(0), w_scale.stride(1), out.stride(0),
-        ROW_DIV=row_div, GROUP_SIZE=max(group_size, 0), BLOCK_N=block_n, BLOCK_W=block_w,
-        ASM=not interpreting(), num_warps=4,
+        ROW_DIV=row_div, GROUP_SIZE=max(group_size, 0), HAS_WEIGHTS=slot_weights is not None,
+        BLOCK_N=config["BLOCK_N"], BLOCK_W=block_w, W_STAGES=config["W_STAGES"],
+        ASM=not interpreting(), num_warps=config["num_warps"],
     )
+    return out
+
+
+def moe_gemv_config(n_slots: int) -> dict:
+    """The expert GEMV's launch config (fixed; `python -m kernels.config_sweep moe` on an H200,
+    Qwen3-30B-A3B experts): at 8 slots (batch 1) the 768-1024 programs hold too few bytes in
+    flight and pipelining the loads 2 steps ahead (W_STAGES 3) took gate_up from 9.4 to 7.7 us and
+    down from 5.7 to 5.3; at 128 slots (batch 16) there are programs enough and W_STAGES 1 is the
+    fastest (gate_up 51.0 us, 3.9 TB/s of slot weights, 2% off the best tile)."""
+    return dict(BLOCK_N=16, BLOCK_W=32, W_STAGES=3 if n_slots <= 16 else 1, num_warps=4)
+
+
+def moe_gemv_candidates() -> list[dict]:
+    """Configs the `moe` sweep times (the default first)."""
+    tiles = [(16, 32, 4), (32, 32, 4), (8, 32, 2), (16, 16, 2), (64, 32, 8), (32, 16, 4)]
+    return [dict(BLOCK_N=bn, BLOCK_W=bw, W_STAGES=stages, num_warps=warps)
+            for stages in (1, 2, 3) for bn, bw, warps in tiles]
+
+
+@triton.jit
+def _sum_slots_kernel(y_ptr, out_ptr, N, stride_ym, stride_om, TOP_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = offs_n < N
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for s in tl.static_range(TOP_K):  # slot order, as torch sums them
+        acc += tl.load(y_ptr + (token * TOP_K + s) * stride_ym + offs_n, mask=mask, other=0.0).to(tl.float32)
+    dtype = out_ptr.dtype.element_ty
+    tl.store(out_ptr + token * stride_om + offs_n, round_to(acc, dtype).to(dtype), mask=mask)
+
+
+def sum_slots(y: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[T * k, N] weighted expert outputs in (token, slot) order -> [T, N]: each token's k rows
+    summed in fp32 in slot order, rounded once (torch's `y.reshape(T, k, N).sum(1)`, in one launch
+    where torch's reduction took 3.5 us at decode on an H200)."""
+    if y.dim() != 2 or y.stride(1) != 1 or y.shape[0] % top_k:
+        raise ValueError(f"sum_slots takes [T * {top_k}, N] rows with unit inner stride, got {tuple(y.shape)}")
+    n_tokens, n = y.shape[0] // top_k, y.shape[1]
+    out = torch.empty((n_tokens, n), dtype=y.dtype, device=y.device)
+    if n_tokens:
+        block_n = min(1024, triton.next_power_of_2(n))
+        _sum_slots_kernel[(n_tokens, triton.cdiv(n, block_n))](y, out, n, y.stride(0), out.stride(0),
+                                                               TOP_K=top_k, BLOCK_N=block_n, num_warps=4)
     return out

@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from adapters.fusion import FusedMLP, TritonRMSNorm, fuse_w4a8
-from adapters.moe import W4A8Experts
+from adapters.moe import FusedSparseMoE, W4A8Experts
 from adapters.decode_step_attention import DecodeStepAttention
 from adapters.static_decode import DECODE_SLOT, StaticKVCache, _after_eos, _capturable, static_generate
 from kernels import w4a8_moe
@@ -78,6 +78,11 @@ def test_fused_model_gives_the_unfused_logits_and_greedy_tokens(family, quant_di
     if not moe:
         assert made["mlp"] == model.config.num_hidden_layers
     assert (made["experts"] > 0) == (moe and FUSED_EXPERTS)
+    assert made["router"] == made["experts"]  # every stacked block routes in one kernel (FusedSparseMoE)
+    if made["router"]:
+        block = next(m for m in model.modules() if isinstance(m, FusedSparseMoE))
+        assert isinstance(model.model.layers[0].post_attention_layernorm, TritonRMSNorm)
+        assert block.experts.stacked is not None and (block.shared_experts is not None) == family.startswith("ernie")
     assert any(isinstance(m, TritonRMSNorm) for m in model.modules())
     if family.startswith("qwen3"):  # the per-head q/k norms run as one kernel each
         attn = model.model.layers[0].self_attn
@@ -127,7 +132,7 @@ def test_decode_step_attention_matches_transformers_forward(family, quant_dir, d
 
 @pytest.mark.skipif(not FUSED_EXPERTS, reason="transformers 4.x runs experts as its own per-expert modules: "
                     "no W4A8Experts to group")
-@pytest.mark.parametrize("tokens", [2, 9])  # 2 tokens: the few-slot GEMV; 9: routed tiles
+@pytest.mark.parametrize("tokens", [2, 65])  # 2 tokens: the expert GEMV; 65 (130 slots): routed tiles
 def test_grouped_experts_match_the_expert_loop(quant_dir, device, tokens):
     model = load("qwen3_moe", quant_dir("qwen3_moe"), device, fuse=False)
     experts = next(m for m in model.modules() if isinstance(m, W4A8Experts))
