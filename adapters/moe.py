@@ -22,14 +22,13 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers.activations import ACT2FN
 
 from kernels.autotune import triton_runs_on
 from kernels.act_quant import per_token_quant_int8
 from kernels.fused_act import silu_mul_quant
 from kernels.linear import W4A8Linear, attached_int8
-from kernels.moe_routing import topk_softmax
+from kernels.moe_routing import route
 from kernels.w4a8_moe import GEMV_MAX_SLOTS, route_by_expert, sum_slots, w4a8_moe_gemm, w4a8_moe_gemv
 
 
@@ -124,8 +123,8 @@ SPARSE_BLOCKS = {"Qwen3MoeSparseMoeBlock", "Ernie4_5_MoeSparseMoeBlock"}
 class FusedSparseMoE(nn.Module):
     """transformers' sparse MoE block (Qwen3-MoE, Ernie-4.5-MoE) with the routing in one kernel.
 
-    Per layer: the router GEMV (F.linear, as transformers runs it), `topk_softmax` (softmax, top-k,
-    renormalization and cast in one launch), the stacked experts (`W4A8Experts.routed`: router
+    Per layer: `route` (at decode the router GEMV and then softmax, top-k, renormalization and cast
+    in one more launch), the stacked experts (`W4A8Experts.routed`: router
     weights applied in the down projection's epilogue) on the int8 quantization that
     TritonRMSNorm attached to the input, and the shared experts if the block has them. Where
     transformers' block takes 6-8 launches of routing glue and 3 of weighting, this takes none.
@@ -149,11 +148,11 @@ class FusedSparseMoE(nn.Module):
         """(weights [T, k] in x's dtype, expert ids [T, k] int32), the router's values."""
         gate = self.gate
         if self.family == "qwen3_moe":  # bf16 logits, softmax in fp32; renormalized when norm_topk_prob
-            return topk_softmax(F.linear(x, gate.weight), gate.top_k, gate.norm_topk_prob, x.dtype)
-        # Ernie: fp32 logits; the correction bias steers the choice; weights / max(sum, moe_norm_min)
-        logits = F.linear(x.float(), gate.weight.float())
-        return topk_softmax(logits, gate.top_k, True, x.dtype, gate.moe_statics.e_score_correction_bias,
-                            gate.norm_min)
+            return route(x, gate.weight, gate.top_k, gate.norm_topk_prob, x.dtype)
+        # Ernie: fp32 logits (fp32 router weight); the correction bias steers the choice;
+        # weights / max(sum, moe_norm_min)
+        return route(x, gate.weight.float(), gate.top_k, True, x.dtype, gate.moe_statics.e_score_correction_bias,
+                     gate.norm_min)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         x = hidden_states.reshape(-1, hidden_states.shape[-1])

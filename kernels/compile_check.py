@@ -28,7 +28,7 @@ from .act_quant import per_token_quant_int8
 from .compile_only import KernelBuild, compile_only
 from .decode_attention import decode_attention
 from .fused_act import rmsnorm, rmsnorm_quant, silu_mul_quant
-from .moe_routing import topk_softmax
+from .moe_routing import route, topk_softmax
 from .packing import padded_k
 from .qk_rope import qk_norm_rope_store
 from .w4a8_gemm import DECODE_MAX_M, candidate_configs, decode_plan, w4a8_gemm
@@ -115,10 +115,12 @@ def sweep_attention(s: Sweep, shape: dict, b: int) -> None:
 def sweep_experts(s: Sweep, shape: dict, m: int, group_size: int) -> None:
     hidden, inter, experts, top_k = shape["hidden"], shape["inter"], shape["experts"], shape["top_k"]
     top = torch.randint(0, experts, (m, top_k))  # real expert ids: routing is torch and reads them
-    logits = torch.empty(m, experts, dtype=torch.bfloat16)
-    for bias in (None, torch.empty(experts)):  # Qwen3-MoE's router, Ernie-4.5-MoE's
-        s.run(f"topk_softmax T={m} E={experts} bias={bias is not None}",
-              lambda: topk_softmax(logits, top_k, True, torch.bfloat16, bias))
+    x = torch.empty(m, hidden, dtype=torch.bfloat16)
+    for router_dtype, bias in ((torch.bfloat16, None), (torch.float32, torch.empty(experts))):  # Qwen3-MoE, Ernie
+        router = torch.empty(experts, hidden, dtype=router_dtype)
+        s.run(f"route T={m} E={experts} {router_dtype}", lambda: route(x, router, top_k, True, torch.bfloat16, bias))
+    s.run(f"topk_softmax T={m} E={experts}",  # prefill: logits from F.linear
+          lambda: topk_softmax(torch.empty(m, experts, dtype=torch.bfloat16), top_k, True, torch.bfloat16))
     slot_weights = torch.empty(m, top_k, dtype=torch.bfloat16)
     s.run(f"sum_slots T={m} k={top_k}", lambda: sum_slots(torch.empty(m * top_k, hidden, dtype=torch.bfloat16), top_k))
     for what, n, k, rows, row_div in (("gate_up", 2 * inter, hidden, m, top_k), ("down", hidden, inter, m * top_k, 1)):

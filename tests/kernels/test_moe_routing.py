@@ -8,7 +8,7 @@ from transformers.models.ernie4_5_moe import modeling_ernie4_5_moe as ernie_moe
 from transformers.models.qwen3_moe import modeling_qwen3_moe as qwen3_moe
 
 from kernels.act_quant import per_token_quant_int8
-from kernels.moe_routing import topk_softmax, topk_softmax_ref
+from kernels.moe_routing import ROUTER_MAX_TOKENS, route, topk_softmax, topk_softmax_ref
 from kernels.packing import pack_w4a8, scales_to_kernel
 from kernels.reference import quantize_weight
 from kernels.w4a8_moe import route_by_expert, sum_slots, w4a8_moe_gemm, w4a8_moe_gemv
@@ -59,7 +59,8 @@ def test_bad_routing_input_is_named(device):
 @pytest.mark.skipif(not HAS_ROUTER_CLASSES, reason="transformers 4.x has no TopKRouter modules")
 @pytest.mark.parametrize("family", ["qwen3_moe", "ernie4_5_moe"])
 def test_topk_softmax_gives_the_transformers_router_outputs(device, family):
-    """The values FusedSparseMoE.route computes, against the router module transformers runs."""
+    """The values FusedSparseMoE.route computes (the Triton router GEMV at 5 tokens), against the
+    router module transformers runs."""
     torch.manual_seed(0)
     if family == "qwen3_moe":
         config = Qwen3MoeConfig(hidden_size=64, num_experts=32, num_experts_per_tok=4, norm_topk_prob=True)
@@ -73,12 +74,10 @@ def test_topk_softmax_gives_the_transformers_router_outputs(device, family):
     with torch.no_grad():
         _, want_weights, want_ids = router(x)
         if family == "qwen3_moe":
-            weights, ids = topk_softmax(torch.nn.functional.linear(x, router.weight), router.top_k,
-                                        router.norm_topk_prob, x.dtype)
+            weights, ids = route(x, router.weight, router.top_k, router.norm_topk_prob, x.dtype)
         else:
-            logits = torch.nn.functional.linear(x.float(), router.weight.float())
-            weights, ids = topk_softmax(logits, router.top_k, True, x.dtype,
-                                        router.moe_statics.e_score_correction_bias, router.norm_min)
+            weights, ids = route(x, router.weight, router.top_k, True, x.dtype,
+                                 router.moe_statics.e_score_correction_bias, router.norm_min)
     assert torch.equal(ids.long(), want_ids)
     assert weights.dtype == want_weights.dtype
     torch.testing.assert_close(weights.float(), want_weights.float(), rtol=2**-8, atol=0)
@@ -117,3 +116,32 @@ def test_sum_slots_adds_each_tokens_rows_as_torch_does(device):
         torch.testing.assert_close(got, want, rtol=2**-7, atol=1e-2)
     with pytest.raises(ValueError, match="sum_slots takes"):
         sum_slots(y[:5], 8)
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])
+def test_route_gives_the_linear_then_topk_values_and_is_batch_invariant(device, weight_dtype):
+    """route: the split Triton GEMV up to ROUTER_MAX_TOKENS tokens, F.linear beyond; either way
+    torch's values, and a token routes bit for bit alike alone and in a batch of decode rows.
+    bf16 logits (Qwen3's) tie or sit one rounding apart, where either choice is the router's:
+    ids are compared on rows whose top 5 logits are 0.1 apart, and every row must choose logits
+    equal to the best within 2%."""
+    torch.manual_seed(1)
+    weight = (torch.randn(16, 2100, device=device) * 0.05).to(weight_dtype)  # H = 2100: a partial tile
+    x = torch.randn(ROUTER_MAX_TOKENS + 3, 2100, device=device, dtype=torch.bfloat16)
+    compared = 0
+    for rows in (x[:1], x[:ROUTER_MAX_TOKENS], x):
+        weights, ids = route(rows, weight, 4, True, torch.bfloat16)
+        logits = torch.nn.functional.linear(rows.to(weight_dtype), weight).float()
+        want_weights, want_ids = topk_softmax_ref(logits, 4, True, torch.bfloat16)
+        top5 = logits.topk(5).values
+        clear = (top5[:, :-1] - top5[:, 1:]).min(-1).values > 0.1
+        compared += int(clear.sum())
+        assert torch.equal(ids[clear], want_ids[clear])
+        torch.testing.assert_close(weights[clear].float(), want_weights[clear].float(), rtol=2**-7, atol=0)
+        torch.testing.assert_close(logits.gather(-1, ids.long()), top5[:, :4], rtol=0.02, atol=0.02)
+    assert compared >= 8, f"only {compared} rows without a near-tie to compare ids on"
+    alone = route(x[3:4], weight, 4, True, torch.bfloat16)
+    batched = route(x[:ROUTER_MAX_TOKENS], weight, 4, True, torch.bfloat16)
+    assert torch.equal(alone[0], batched[0][3:4]) and torch.equal(alone[1], batched[1][3:4])
+    with pytest.raises(ValueError, match="does not match the router weight"):
+        route(x[:, :100], weight, 4, True, torch.bfloat16)
