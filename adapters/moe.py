@@ -127,7 +127,8 @@ class FusedSparseMoE(nn.Module):
     in one more launch), the stacked experts (`W4A8Experts.routed`: router
     weights applied in the down projection's epilogue) on the int8 quantization that
     TritonRMSNorm attached to the input, and the shared experts if the block has them. Where
-    transformers' block takes 6-8 launches of routing glue and 3 of weighting, this takes none.
+    transformers' block takes 6-8 launches of routing glue after its router GEMV and 3 of
+    weighting and summing, this takes one of each (`topk_softmax`, `sum_slots`).
     `gate`, `experts` and `shared_experts` stay submodules by their names (same state dict); the
     router's own forward is not called, so `output_router_logits` does not see its logits.
     """
