@@ -11,7 +11,8 @@ their forward code (but for Qwen3 attention's static-cache decode step, see belo
   returns the normalized x and its int8 quantization, attached to the output tensor
   (`attach_int8`), which the next W4A8Linear takes instead of quantizing again; Qwen3's q/k
   norms become `TritonRMSNorm(quantize=False)`, one kernel each, and the attention module gets a
-  decode step of four launches (decode_step_attention.py);
+  decode step of four launches, the decoder layer one with its residual adds in GEMM epilogues
+  (decode_step.py);
 - routed experts are stacked ([E, N, K/2]) so that they run as one grouped launch (moe.py), and
   transformers' sparse MoE block becomes `FusedSparseMoE`: routing in one kernel
   (kernels/moe_routing.py), router weights applied in the down projection's epilogue, the
@@ -32,7 +33,7 @@ from kernels.autotune import triton_runs_on
 from kernels.fused_act import rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_quant
 from kernels.linear import W4A8Linear, attach_int8
 
-from .decode_step_attention import enable_decode_step
+from .decode_step import enable_decode_step, enable_decode_step_layer
 from .moe import FusedSparseMoE, W4A8Experts
 
 _SILU = (nn.SiLU, getattr(activations, "SiLUActivation", nn.SiLU))  # ACT2FN["silu"] in 4.57 / 5.x
@@ -99,14 +100,16 @@ class FusedMLP(nn.Module):
         super().__init__()
         self.gate_up, self.down = gate_up, down
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The MLP's output, or `residual + output` (added by the down GEMM: decode_step.py)."""
         h = self.gate_up(x)
         h2 = h.reshape(-1, h.shape[-1])
+        res2 = residual.reshape(h2.shape[0], -1) if residual is not None else None
         if triton_runs_on(h):
-            y = self.down.forward_int8(*silu_mul_quant(h2), x.dtype)
+            y = self.down.forward_int8(*silu_mul_quant(h2), x.dtype, res2)
         else:
             gate, up = h2.chunk(2, dim=-1)
-            y = self.down(nn.functional.silu(gate) * up)
+            y = self.down(nn.functional.silu(gate) * up, res2)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -157,39 +160,46 @@ def _fused_mlp(mlp: nn.Module) -> FusedMLP | None:
 @torch.no_grad()
 def fuse_w4a8(model: nn.Module) -> dict[str, int]:
     """Fuse in place (see the module docstring); returns how many of each fusion were made."""
-    made = {"qkv": 0, "mlp": 0, "norm": 0, "experts": 0, "router": 0, "decode_step": 0}
+    made = {"qkv": 0, "mlp": 0, "norm": 0, "experts": 0, "router": 0, "decode_step": 0, "decode_layer": 0}
     for layer in model.model.layers:
-        attn = layer.self_attn
-        if _fuse_attention(attn):
-            made["qkv"] += 1
-            layer.input_layernorm = TritonRMSNorm(layer.input_layernorm, quantize=True)
-            made["norm"] += 1
-            qk_norms = [name for name in ("q_norm", "k_norm")  # Qwen3's per-head norms
-                        if hasattr(getattr(attn, name, None), "variance_epsilon")]
-            for name in qk_norms:
-                setattr(attn, name, TritonRMSNorm(getattr(attn, name), quantize=False))
-                made["norm"] += 1
-            if len(qk_norms) == 2 and enable_decode_step(attn):
-                made["decode_step"] += 1
-        mlp = layer.mlp
-        fused = _fused_mlp(mlp)
-        if fused is not None:
-            layer.mlp = fused
-            layer.post_attention_layernorm = TritonRMSNorm(layer.post_attention_layernorm, quantize=True)
-            made["mlp"] += 1
-            made["norm"] += 1
-            continue
-        shared = getattr(mlp, "shared_experts", None) or getattr(mlp, "shared_expert", None)
-        fused_shared = _fused_mlp(shared) if shared is not None else None
-        if fused_shared is not None:
-            setattr(mlp, "shared_experts" if hasattr(mlp, "shared_experts") else "shared_expert", fused_shared)
-            made["mlp"] += 1
-        experts = getattr(mlp, "experts", None)
-        if isinstance(experts, W4A8Experts) and experts.stack():
-            made["experts"] += 1
-            if FusedSparseMoE.fits(mlp):
-                layer.mlp = FusedSparseMoE(mlp)
-                layer.post_attention_layernorm = TritonRMSNorm(layer.post_attention_layernorm, quantize=True)
-                made["router"] += 1
-                made["norm"] += 1
+        _fuse_layer(layer, made)
+        if isinstance(layer.mlp, (FusedMLP, FusedSparseMoE)) and enable_decode_step_layer(layer):
+            made["decode_layer"] += 1
     return made
+
+
+def _fuse_layer(layer: nn.Module, made: dict[str, int]) -> None:
+    """One decoder layer's projections, MLP or MoE block and norms (counted in `made`)."""
+    attn = layer.self_attn
+    if _fuse_attention(attn):
+        made["qkv"] += 1
+        layer.input_layernorm = TritonRMSNorm(layer.input_layernorm, quantize=True)
+        made["norm"] += 1
+        qk_norms = [name for name in ("q_norm", "k_norm")  # Qwen3's per-head norms
+                    if hasattr(getattr(attn, name, None), "variance_epsilon")]
+        for name in qk_norms:
+            setattr(attn, name, TritonRMSNorm(getattr(attn, name), quantize=False))
+            made["norm"] += 1
+        if len(qk_norms) == 2 and enable_decode_step(attn):
+            made["decode_step"] += 1
+    mlp = layer.mlp
+    fused = _fused_mlp(mlp)
+    if fused is not None:
+        layer.mlp = fused
+        layer.post_attention_layernorm = TritonRMSNorm(layer.post_attention_layernorm, quantize=True)
+        made["mlp"] += 1
+        made["norm"] += 1
+        return
+    shared = getattr(mlp, "shared_experts", None) or getattr(mlp, "shared_expert", None)
+    fused_shared = _fused_mlp(shared) if shared is not None else None
+    if fused_shared is not None:
+        setattr(mlp, "shared_experts" if hasattr(mlp, "shared_experts") else "shared_expert", fused_shared)
+        made["mlp"] += 1
+    experts = getattr(mlp, "experts", None)
+    if isinstance(experts, W4A8Experts) and experts.stack():
+        made["experts"] += 1
+        if FusedSparseMoE.fits(mlp):
+            layer.mlp = FusedSparseMoE(mlp)
+            layer.post_attention_layernorm = TritonRMSNorm(layer.post_attention_layernorm, quantize=True)
+            made["router"] += 1
+            made["norm"] += 1

@@ -75,10 +75,11 @@ class W4A8Experts(nn.ModuleList):
         return True
 
     def routed(self, x_q: torch.Tensor, x_scale: torch.Tensor, top_k_index: torch.Tensor,
-               top_k_weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+               top_k_weights: torch.Tensor, dtype: torch.dtype, residual: torch.Tensor | None = None) -> torch.Tensor:
         """[T, H]: the weighted sum of each token's k expert outputs, in two grouped launches (after
         `stack()`) from the tokens' int8 quantization (x_q [T, H], x_scale [T, 1]). The router
-        weights are applied in the down projection's epilogue; the k outputs are summed in slot order."""
+        weights are applied in the down projection's epilogue; the k outputs are summed in slot
+        order, and `residual` [T, H] added to that sum if given."""
         st, top_k = self.stacked, top_k_index.shape[1]
         group, down_group = self[0].gate_proj.group_size, self[0].down_proj.group_size
         if top_k_index.numel() <= GEMV_MAX_SLOTS and x_q.shape[1] % 4 == 0 and st["w13"].shape[1] % 8 == 0:
@@ -89,7 +90,7 @@ class W4A8Experts(nn.ModuleList):
             routing = route_by_expert(top_k_index, len(self))
             h = w4a8_moe_gemm(x_q, x_scale, st["w13"], st["s13"], routing, group, top_k, dtype)
             y = w4a8_moe_gemm(*silu_mul_quant(h), st["w2"], st["s2"], routing, down_group, 1, dtype, top_k_weights)
-        return sum_slots(y, top_k)
+        return sum_slots(y, top_k, residual)
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
@@ -155,15 +156,20 @@ class FusedSparseMoE(nn.Module):
         return route(x, gate.weight.float(), gate.top_k, True, x.dtype, gate.moe_statics.e_score_correction_bias,
                      gate.norm_min)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's output, or `residual + output` as the decoder layer adds it (the decode step:
+        decode_step.py), in the last launch when the block has no shared experts."""
         x = hidden_states.reshape(-1, hidden_states.shape[-1])
+        add_in_sum = residual is not None and self.shared_experts is None and triton_runs_on(x)
         if triton_runs_on(x):
             weights, ids = self.route(x)
             x_q, x_scale = attached_int8(hidden_states) or per_token_quant_int8(x)
-            y = self.experts.routed(x_q, x_scale, ids, weights, x.dtype)
+            y = self.experts.routed(x_q, x_scale, ids, weights, x.dtype,
+                                    residual.reshape(x.shape) if add_in_sum else None)
         else:
             _, weights, ids = self.gate(x)
             y = self.experts(x, ids, weights)
         if self.shared_experts is not None:  # on the 3-D input: its int8 quantization is attached there
             y = y + self.shared_experts(hidden_states).reshape(y.shape)
-        return y.reshape(hidden_states.shape)
+        y = y.reshape(hidden_states.shape)
+        return residual + y if residual is not None and not add_in_sum else y

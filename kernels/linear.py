@@ -147,32 +147,41 @@ class W4A8Linear(nn.Module):
         self.use_triton = False  # warn once per layer
         return False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """y = x W^T (+ bias); with `residual` (x's shape but out_features), `residual + y` as
+        torch adds it, in the decode GEMM's epilogue where the plan takes it (decode_step.py)."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"W4A8Linear expects in_features={self.in_features}, got input {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)
+        res2 = residual.reshape(-1, self.out_features) if residual is not None else None
         quantized = attached_int8(x)
         if not self._triton_runs_here(x):
-            y = w4a8_linear_torch(x2, self.qweight, self.scales, self.in_features, self.bias, self.zeros)
+            y = _add(res2, w4a8_linear_torch(x2, self.qweight, self.scales, self.in_features, self.bias, self.zeros))
         elif quantized is not None:  # a fused producer already quantized x (kernels/fused_act.py)
-            y = self.forward_int8(*quantized, x.dtype)
+            y = self.forward_int8(*quantized, x.dtype, res2)
         elif self.zeros is None and 0 < x2.shape[0] <= DECODE_MAX_M and x2.dtype.is_floating_point:
             plan = self._plan(x2.shape[0], x2.dtype, lambda: x2)
-            y = plan(x2, self.qweight, self.scales, self.bias) if plan.accepts(x2) else self._gemm(x2, None, x.dtype)
+            if plan.accepts(x2) and (res2 is None or plan.accepts_residual(res2)):
+                y = plan(x2, self.qweight, self.scales, self.bias, res2)
+            else:
+                y = _add(res2, self._gemm(x2, None, x.dtype))
         else:
-            y = self._gemm(*per_token_quant_int8(x2), x.dtype)
+            y = _add(res2, self._gemm(*per_token_quant_int8(x2), x.dtype))
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def forward_int8(self, x_q: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """y [M, N] out_dtype for an input already quantized per token: x_q int8 [M, K], x_scale [M, 1]."""
+    def forward_int8(self, x_q: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype,
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
+        """y [M, N] out_dtype (+ residual [M, N]) for an input already quantized per token: x_q
+        int8 [M, K], x_scale [M, 1]."""
         if not self._triton_runs_here(x_q):
-            return w4a8_linear_torch(x_q.to(torch.float32) * x_scale, self.qweight, self.scales, self.in_features,
-                                     self.bias, self.zeros).to(out_dtype)
+            return _add(residual, w4a8_linear_torch(x_q.to(torch.float32) * x_scale, self.qweight, self.scales,
+                                                    self.in_features, self.bias, self.zeros).to(out_dtype))
         m = x_q.shape[0]
         if self.zeros is None and 0 < m <= DECODE_MAX_M and x_q.is_contiguous() and x_q.data_ptr() % 16 == 0:
             plan = self._plan(m, out_dtype, lambda: (x_q.to(torch.float32) * x_scale).to(out_dtype))
-            return plan.quantized(x_q, x_scale, self.qweight, self.scales, self.bias)
-        return self._gemm(x_q, x_scale, out_dtype)
+            if residual is None or plan.accepts_residual(residual):
+                return plan.quantized(x_q, x_scale, self.qweight, self.scales, self.bias, residual)
+        return _add(residual, self._gemm(x_q, x_scale, out_dtype))
 
     def _gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
         """The general Triton path (any M, zero points); x_q may also be a float x (x_scale None)."""
@@ -207,6 +216,10 @@ class W4A8Linear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"group_size={self.group_size}, bias={self.bias is not None}, zero_points={self.zeros is not None}, "
                 f"use_triton={self.use_triton}")
+
+
+def _add(residual: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    return y if residual is None else residual + y
 
 
 class W8A8Linear(nn.Module):

@@ -77,7 +77,7 @@ def w4a8_tile(x_col, stride_xk, mask_m, w_row, stride_wb, ws_n, stride_sg, mask_
 @triton.jit
 def _w4a8_gemm_kernel(
     # pointers
-    xq_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
+    xq_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr,
     # sizes
     M, N, K, K_HALF,  # K_HALF = K_pad / 2: bytes per packed weight row, first k of the high nibbles
     # strides
@@ -85,9 +85,10 @@ def _w4a8_gemm_kernel(
     stride_wn, stride_wb,
     stride_sg, stride_sn,
     stride_os, stride_om, stride_on,  # stride_os: between split-K partials
+    stride_rm,  # the residual's rows (unit inner stride)
     # quant params
     GROUP_SIZE: tl.constexpr,  # 0 = per output channel
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     # meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_N: tl.constexpr,
@@ -113,7 +114,9 @@ def _w4a8_gemm_kernel(
     x_scale = tl.load(xs_ptr + offs_m * stride_xsm, mask=mask_m, other=0.0)
     out = acc * x_scale[None, :]
     out_ptrs = out_ptr + pid_k * stride_os + offs_m[None, :] * stride_om + offs_n[:, None] * stride_on
-    store_tile(out, out_ptr, out_ptrs, mask_n[:, None] & mask_m[None, :], bias_ptr, offs_n, mask_n, HAS_BIAS, SPLIT_K)
+    res_ptrs = res_ptr + offs_m[None, :] * stride_rm + offs_n[:, None]
+    store_tile(out, out_ptr, out_ptrs, mask_n[:, None] & mask_m[None, :], bias_ptr, offs_n, mask_n, res_ptrs,
+               HAS_BIAS, HAS_RESIDUAL, SPLIT_K)
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,26 +170,30 @@ def candidate_configs(m: int, n: int, k: int, group_size: int, sms: int) -> list
     return configs
 
 
-def _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config) -> torch.Tensor:
+def _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config, residual=None) -> torch.Tensor:
     m, k = x_q.shape
     n = packed_w.shape[0]
     split = config["SPLIT_K"]
     out = torch.empty((m, n), dtype=out_dtype, device=x_q.device)
     target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x_q.device)
+    tile_residual = residual if split == 1 else None  # else added by the reduction
     if is_gemv(config):
-        launch_gemv(x_q, x_scale, packed_w, w_scale, bias, group_size, target, config)
+        launch_gemv(x_q, x_scale, packed_w, w_scale, bias, group_size, target, config, tile_residual)
     else:
         _w4a8_gemm_kernel[(triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), split)](
-            x_q, x_scale, packed_w, w_scale, bias if bias is not None else w_scale, target,
+            x_q, x_scale, packed_w, w_scale, bias if bias is not None else w_scale,
+            tile_residual if tile_residual is not None else target, target,
             m, n, k, packed_w.shape[1],
             x_q.stride(0), x_q.stride(1), x_scale.stride(0),
             packed_w.stride(0), packed_w.stride(1),
             w_scale.stride(0), w_scale.stride(1),
             0 if split == 1 else target.stride(0), target.stride(-2), target.stride(-1),
-            GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, **config,
+            tile_residual.stride(0) if tile_residual is not None else 0,
+            GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, HAS_RESIDUAL=tile_residual is not None,
+            **config,
         )
     if split > 1:
-        reduce_split_k(target, bias, out)
+        reduce_split_k(target, bias, out, residual)
     return out
 
 
@@ -232,8 +239,9 @@ def _check(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, group
 
 def w4a8_gemm(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, group_size: int = -1,
               bias: torch.Tensor | None = None, *, x_scale: torch.Tensor | None = None,
-              out_dtype: torch.dtype | None = None, config: dict | None = None) -> torch.Tensor:
-    """W4A8 linear: x [M, K] times int4 weights, returns [M, N].
+              out_dtype: torch.dtype | None = None, config: dict | None = None,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
+    """W4A8 linear: x [M, K] times int4 weights, returns [M, N] (+ residual).
 
     x: bf16/fp16/fp32 activations (quantized per token here), or int8 x_q with `x_scale`
        fp32 [M, 1] from `per_token_quant_int8`.
@@ -241,6 +249,8 @@ def w4a8_gemm(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, gr
     w_scale: fp32 [G, N], G = 1 per channel or K / group_size.
     bias: [N] or None. out_dtype defaults to x's dtype (bf16 for int8 input).
     config: launch config for tests and benchmarks; autotuned when None.
+    residual: [M, N] out_dtype, unit inner stride, added where the result is stored: the bits of
+       `residual + w4a8_gemm(...)` in torch, without that launch.
     """
     _check(x, packed_w, w_scale, group_size, bias)
     m = x.shape[0]
@@ -254,9 +264,17 @@ def w4a8_gemm(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, gr
         out_dtype = out_dtype or x.dtype
     if m == 0:
         return torch.empty((0, n), dtype=out_dtype, device=x.device)
+    check_residual(residual, m, n, out_dtype)
     if config is None:
         config = tuned_config(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype)
-    return _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config)
+    return _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config, residual)
+
+
+def check_residual(residual: torch.Tensor | None, m: int, n: int, dtype: torch.dtype) -> None:
+    if residual is not None and (tuple(residual.shape) != (m, n) or residual.dtype != dtype
+                                 or residual.stride(1) != 1):
+        raise ValueError(f"residual must be {dtype} [{m}, {n}] with unit inner stride, "
+                         f"got {residual.dtype} {tuple(residual.shape)} strides {residual.stride()}")
 
 
 class DecodePlan:
@@ -285,16 +303,20 @@ class DecodePlan:
         self.quant = Launcher(_per_token_quant_int8_kernel, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps)
         self.split = config["SPLIT_K"]
         self.gemv = is_gemv(config)
+        # [without, with] a residual: where it is added (the tile store, or the split-K reduction)
+        # is a constexpr of the kernel
         if self.gemv:
             self.grid = gemv_grid(n, config)
-            self.gemm = Launcher(_w4a8_gemv_kernel, GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None,
-                                 ASM=not interpreting(), **config)
+            self.gemm = [Launcher(_w4a8_gemv_kernel, GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None,
+                                  HAS_RESIDUAL=res and self.split == 1, ASM=not interpreting(), **config)
+                         for res in (False, True)]
         else:
             self.grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), self.split, 1)
-            self.gemm = Launcher(_w4a8_gemm_kernel, GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None,
-                                 **config)
+            self.gemm = [Launcher(_w4a8_gemm_kernel, GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None,
+                                  HAS_RESIDUAL=res and self.split == 1, **config) for res in (False, True)]
         self.reduce_grid = (m, triton.cdiv(n, 256), 1)
-        self.reduce = Launcher(_split_k_reduce_kernel, HAS_BIAS=bias is not None, SPLIT_K=self.split, BLOCK_N=256)
+        self.reduce = [Launcher(_split_k_reduce_kernel, HAS_BIAS=bias is not None, HAS_RESIDUAL=res,
+                                SPLIT_K=self.split, BLOCK_N=256) for res in (False, True)]
 
     def holds(self, packed_w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> bool:
         """The weight tensors this plan was made for (by identity)."""
@@ -306,32 +328,42 @@ class DecodePlan:
         return x.stride() == (self.k, 1) and x.data_ptr() % 16 == 0 and x.dtype == self.x_dtype
 
     def __call__(self, x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
-                 bias: torch.Tensor | None) -> torch.Tensor:
+                 bias: torch.Tensor | None, residual: torch.Tensor | None = None) -> torch.Tensor:
         m, k, dev = self.m, self.k, self.device
         # the same arguments, in the same order and form, as per_token_quant_int8 and _launch pass
         x_q = torch.empty((m, k), dtype=torch.int8, device=dev)
         x_scale = torch.empty((m, 1), dtype=torch.float32, device=dev)
         self.quant(self.quant_grid, x, x_q, x_scale, m, k, k, 1, k, 1)
-        return self.quantized(x_q, x_scale, packed_w, w_scale, bias)
+        return self.quantized(x_q, x_scale, packed_w, w_scale, bias, residual)
 
     def quantized(self, x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
-                  bias: torch.Tensor | None) -> torch.Tensor:
-        """The GEMM (and reduction) for x_q int8 [m, k] contiguous, x_scale fp32 [m, 1]."""
+                  bias: torch.Tensor | None, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The GEMM (and reduction) for x_q int8 [m, k] contiguous, x_scale fp32 [m, 1]; `residual`
+        [m, n] in the plan's dtype, contiguous (`accepts_residual`), is added to the result."""
         m, n, k, dev = self.m, self.n, self.k, self.device
         out = torch.empty((m, n), dtype=self.x_dtype, device=dev)
         target = out if self.split == 1 else torch.empty((self.split, m, n), dtype=torch.float32, device=dev)
         stride_os = 0 if self.split == 1 else m * n
         bias_arg = bias if bias is not None else w_scale
+        res = residual is not None
+        tile_res = residual if res and self.split == 1 else target
         sw0, sw1, ss0, ss1 = self.w_strides
         if self.gemv:  # the int32-word views launch_gemv passes
-            self.gemm(self.grid, x_q.view(torch.int32), x_scale, packed_w.view(torch.int32), w_scale, bias_arg, target,
-                      m, n, self.k_half // 4, k // 4, k // 4, 1, sw0 // 4, ss0, ss1, stride_os, n)
+            self.gemm[res](self.grid, x_q.view(torch.int32), x_scale, packed_w.view(torch.int32), w_scale, bias_arg,
+                           tile_res, target, m, n, self.k_half // 4, k // 4, k // 4, 1, sw0 // 4, ss0, ss1,
+                           stride_os, n, n)
         else:
-            self.gemm(self.grid, x_q, x_scale, packed_w, w_scale, bias_arg, target,
-                      m, n, k, self.k_half, k, 1, 1, sw0, sw1, ss0, ss1, stride_os, n, 1)
+            self.gemm[res](self.grid, x_q, x_scale, packed_w, w_scale, bias_arg, tile_res, target,
+                           m, n, k, self.k_half, k, 1, 1, sw0, sw1, ss0, ss1, stride_os, n, 1, n)
         if self.split > 1:
-            self.reduce(self.reduce_grid, target, bias if bias is not None else target, out, m, n, m * n, n, n, 1)
+            self.reduce[res](self.reduce_grid, target, bias if bias is not None else target,
+                             residual if res else target, out, m, n, m * n, n, n, n, 1)
         return out
+
+    def accepts_residual(self, residual: torch.Tensor) -> bool:
+        """residual laid out as `quantized` takes it: [m, n] contiguous in the plan's dtype, 16-byte aligned."""
+        return (residual.shape == (self.m, self.n) and residual.stride() == (self.n, 1)
+                and residual.dtype == self.x_dtype and residual.data_ptr() % 16 == 0)
 
 
 def decode_plan(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, group_size: int,

@@ -99,13 +99,13 @@ def gemv_tile(x_ptr, stride_xm, M, w_row, ws_n, stride_sg, mask_n, W_HALF, X_WOR
 @triton.jit
 def _w4a8_gemv_kernel(
     # pointers (xq and w as int32 words)
-    xq_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
+    xq_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr,
     # sizes, in words: W_HALF = K_pad / 8 (words per packed row), X_WORDS = K / 4
     M, N, W_HALF, X_WORDS,
     # strides (xq and w in words)
-    stride_xm, stride_xsm, stride_wn, stride_sg, stride_sn, stride_os, stride_om,
+    stride_xm, stride_xsm, stride_wn, stride_sg, stride_sn, stride_os, stride_om, stride_rm,
     # quant params
-    GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     # meta-parameters
     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr,
     W_STAGES: tl.constexpr, ASM: tl.constexpr,
@@ -123,7 +123,9 @@ def _w4a8_gemv_kernel(
     x_scale = tl.load(xs_ptr + rows * stride_xsm, mask=mask_m, other=0.0)
     out = acc * (x_scale * 0.0625)[None, :]  # 0.0625: the nibbles were read as 16 * q
     out_ptrs = out_ptr + pid_k * stride_os + rows[None, :] * stride_om + offs_n[:, None]
-    store_tile(out, out_ptr, out_ptrs, mask_n[:, None] & mask_m[None, :], bias_ptr, offs_n, mask_n, HAS_BIAS, SPLIT_K)
+    res_ptrs = res_ptr + rows[None, :] * stride_rm + offs_n[:, None]
+    store_tile(out, out_ptr, out_ptrs, mask_n[:, None] & mask_m[None, :], bias_ptr, offs_n, mask_n, res_ptrs,
+               HAS_BIAS, HAS_RESIDUAL, SPLIT_K)
 
 
 def is_gemv(config: dict) -> bool:
@@ -161,16 +163,19 @@ def word_view(x_q: torch.Tensor) -> torch.Tensor:
     return x_q.view(torch.int32)
 
 
-def launch_gemv(x_q, x_scale, packed_w, w_scale, bias, group_size, target, config) -> None:
-    """y or split partials into `target` ([M, N] out dtype, or fp32 [SPLIT_K, M, N])."""
+def launch_gemv(x_q, x_scale, packed_w, w_scale, bias, group_size, target, config, residual=None) -> None:
+    """y (+ residual) or split partials into `target` ([M, N] out dtype, or fp32 [SPLIT_K, M, N])."""
     m, k = x_q.shape
     n, k_half = packed_w.shape
     xw = word_view(x_q)
     ww = packed_w.view(torch.int32)  # rows of K_pad/2 bytes, a multiple of 32
     _w4a8_gemv_kernel[gemv_grid(n, config)](
-        xw, x_scale, ww, w_scale, bias if bias is not None else w_scale, target,
+        xw, x_scale, ww, w_scale, bias if bias is not None else w_scale,
+        residual if residual is not None else target, target,
         m, n, k_half // 4, k // 4,
         xw.stride(0), x_scale.stride(0), ww.stride(0), w_scale.stride(0), w_scale.stride(1),
         target.stride(0) if config["SPLIT_K"] > 1 else 0, target.stride(-2),
-        GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, ASM=not interpreting(), **config,
+        residual.stride(0) if residual is not None else 0,
+        GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+        ASM=not interpreting(), **config,
     )

@@ -13,7 +13,7 @@ import transformers
 
 from adapters.fusion import FusedMLP, TritonRMSNorm, fuse_w4a8
 from adapters.moe import FusedSparseMoE, W4A8Experts
-from adapters.decode_step_attention import DecodeStepAttention
+from adapters.decode_step import DecodeStepAttention, DecodeStepLayer
 from adapters.static_decode import DECODE_SLOT, StaticKVCache, _after_eos, _capturable, static_generate
 from kernels import w4a8_moe
 from kernels.linear import attached_int8
@@ -74,6 +74,9 @@ def test_fused_model_gives_the_unfused_logits_and_greedy_tokens(family, quant_di
         fused_logits = model(input_ids=ids, attention_mask=mask).logits
     assert made["qkv"] == model.config.num_hidden_layers and made["norm"] >= made["qkv"]
     assert made["decode_step"] == (made["qkv"] if family.startswith("qwen3") else 0)
+    # the decode-step layer where the MLP adds the residual: Qwen3, and Qwen3-MoE's FusedSparseMoE
+    assert made["decode_layer"] == (made["qkv"] if family == "qwen3" or (family == "qwen3_moe" and FUSED_EXPERTS)
+                                    else 0)
     moe = family.endswith("moe")
     if not moe:
         assert made["mlp"] == model.config.num_hidden_layers
@@ -128,6 +131,21 @@ def test_decode_step_attention_matches_transformers_forward(family, quant_dir, d
     torch.testing.assert_close(fast_k.float(), hf_k.float(), rtol=2**-7, atol=2**-7)
     assert torch.equal(caches[0].values[1], caches[1].values[1])
     assert torch.equal(caches[0].keys[0], caches[1].keys[0]), "layer 1 wrote layer 0's cache"
+    if not isinstance(model.model.layers[1], DecodeStepLayer):
+        assert family == "qwen3_moe" and not FUSED_EXPERTS  # 4.x experts: transformers' own MoE block
+        return
+    # The decoder layer's decode step: its two residual adds in o_proj's GEMM and in the MLP's last
+    # launch give the bits of transformers' layer forward over the same modules.
+    layer = model.model.layers[1]
+    hf_layer_forward = type(layer).__mro__[2].forward  # (subclass, DecodeStepLayer, transformers' layer)
+    kwargs = dict(attention_mask=mask, position_embeddings=position_embeddings, position_ids=position)
+    outs = []
+    for forward in (layer.forward, lambda *a, **kw: hf_layer_forward(layer, *a, **kw)):
+        cache = caches[0]
+        with torch.no_grad():
+            outs.append(forward(hidden, cache=cache, **kwargs, **{DECODE_SLOT: cache.slot}))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], hidden)
 
 
 @pytest.mark.skipif(not FUSED_EXPERTS, reason="transformers 4.x runs experts as its own per-expert modules: "

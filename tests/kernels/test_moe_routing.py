@@ -116,6 +116,10 @@ def test_sum_slots_adds_each_tokens_rows_as_torch_does(device):
         torch.testing.assert_close(got, want, rtol=2**-7, atol=1e-2)
     with pytest.raises(ValueError, match="sum_slots takes"):
         sum_slots(y[:5], 8)
+    residual = (torch.randn(3, 2100, device=device) * 64).to(torch.bfloat16)
+    assert torch.equal(sum_slots(y, 8, residual), residual + got)  # the decoder layer's add, in the same launch
+    with pytest.raises(ValueError, match="residual must be"):
+        sum_slots(y, 8, residual[:2])
 
 
 @pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])

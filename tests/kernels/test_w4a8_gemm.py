@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from kernels import pack_w4a8, per_token_quant_int8, quantize_weight, w4a8_gemm, w4a8_linear_ref
-from kernels.w4a8_gemm import candidate_configs, sm_count
+from kernels.w4a8_gemm import DecodePlan, candidate_configs, sm_count
+from kernels.w4a8_gemv import GEMV_MAX_M, is_gemv
 
 # One bf16/fp16 rounding of the output plus fp32 accumulation order (the only freedom the
 # contract leaves): relative to each output, plus a floor tied to the largest output.
@@ -63,6 +64,30 @@ def test_every_candidate_config_agrees(device, m):
     assert len({c["SPLIT_K"] for c in configs}) > 1 or m > 16
     for config in configs[:: 1 if device == "cuda" else 3]:  # the interpreter is slow: a third
         assert_matches_contract(w4a8_gemm(x, packed, scales, group_size, config=config), ref)
+
+
+@pytest.mark.parametrize("m", [2, 16])
+def test_residual_is_added_as_torch_adds_it(device, m):
+    """residual=: the bits of `residual + w4a8_gemm(...)` for the GEMV, the tile GEMM, split or not
+    (the tile store or the split-K reduction adds it), through w4a8_gemm and the decode plan."""
+    group_size = 64
+    x, packed, scales, bias, _ = make_problem(m, 192, 512, group_size, torch.bfloat16, device, bias=True)
+    residual = (torch.randn(m, 192, device=device) * 8).to(torch.bfloat16)
+    configs = candidate_configs(m, 192, 512, group_size, sm_count(torch.device(device)))
+    picked = {(is_gemv(c), c["SPLIT_K"] > 1): c for c in reversed(configs)}  # first of each kind
+    assert len(picked) == (4 if m <= GEMV_MAX_M else 2)
+    x_q, x_scale = per_token_quant_int8(x)
+    for config in picked.values():
+        plain = w4a8_gemm(x, packed, scales, group_size, bias, config=config)
+        want = residual + plain
+        assert not torch.equal(want, plain)
+        assert torch.equal(w4a8_gemm(x, packed, scales, group_size, bias, config=config, residual=residual), want)
+        plan = DecodePlan(m, 512, torch.bfloat16, packed, scales, bias, group_size, config)
+        assert plan.accepts_residual(residual) and not plan.accepts_residual(residual.t().contiguous().t())
+        assert torch.equal(plan.quantized(x_q, x_scale, packed, scales, bias, residual), want)
+        assert torch.equal(plan.quantized(x_q, x_scale, packed, scales, bias), plain)  # both variants kept
+    with pytest.raises(ValueError, match=r"residual must be torch.bfloat16 \[2, 192\]"):
+        w4a8_gemm(x[:2], packed, scales, group_size, residual=residual[:1])
 
 
 def test_prequantized_activations(device):

@@ -1,0 +1,108 @@
+"""Qwen3's decode step: attention in four launches, and the decoder layer's two residual adds
+in the epilogues of the launches before them.
+
+transformers' Qwen3Attention.forward runs the q/k norms, the rotary embedding and the cache
+update as separate torch ops; after fusion.py that was still ~25 kernels per layer, and a
+Qwen3-8B W4A8 graph step spent more GPU time in them (launch latency, a few us each) than in the
+GEMMs. `enable_decode_step(attn)` gives a fused attention module (q/k/v as one FusedProjection,
+TritonRMSNorm q/k norms) a subclass whose forward takes this path for a StaticDecoder step (one
+token per row, the static cache, the `wb_decode_slot` kwarg): the fused qkv GEMM,
+`qk_norm_rope_store` (q/k norms, rotary embedding, K/V cache write), split-KV decode attention,
+o_proj. It calls transformers' own forward for everything else (prefill, HF `generate`, CPU
+without the interpreter).
+
+`enable_decode_step_layer(layer)` does the same for the decoder layer around it: in a decode step
+`residual + attn(x)` is added by o_proj's GEMM and `residual + mlp(x)` by the MLP's last launch
+(the down projection's GEMM, or the MoE block's `sum_slots`), as torch would add them (each
+output rounded to bf16 first); at batch 1 each residual add was a 1.9 us launch of its own
+(Qwen3-30B-A3B, H200), two per layer. The modules keep their class's attributes and isinstance
+checks; only `__class__` changes.
+"""
+
+import torch
+from torch import nn
+
+from kernels.autotune import triton_runs_on
+from kernels.decode_attention import decode_attention, decode_attention_fits
+from kernels.linear import W4A8Linear
+from kernels.qk_rope import qk_norm_rope_store
+
+from .static_decode import DECODE_SLOT, StaticKVCache
+
+
+class DecodeStepAttention:
+    """Mixin put before an HF attention class (see `enable_decode_step`)."""
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        """transformers' forward, or the decode step; `residual` (from DecodeStepLayer) is added
+        to the output."""
+        cache = kwargs.pop("cache", past_key_values)  # transformers 5.24 renamed past_key_values to cache
+        residual = kwargs.pop(RESIDUAL, None)
+        slot = kwargs.get(DECODE_SLOT)
+        if (slot is None or not isinstance(cache, StaticKVCache) or hidden_states.shape[1] != 1
+                or not triton_runs_on(hidden_states)):
+            out, weights = super().forward(hidden_states, position_embeddings, attention_mask, cache, **kwargs)
+            return (out if residual is None else residual + out), weights
+        b = hidden_states.shape[0]
+        config = self.config
+        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+        qkv = self.qkv.linear(hidden_states).view(b, -1)
+        cos, sin = position_embeddings
+        keys, values = cache.keys[self.layer_idx], cache.values[self.layer_idx]
+        query = qk_norm_rope_store(qkv, self.q_norm.weight, self.k_norm.weight, self.q_norm.variance_epsilon,
+                                   cos.view(b, -1), sin.view(b, -1), keys, values, slot, heads, kv_heads)
+        out = decode_attention(query, keys, values, attention_mask, slot, self.scaling)
+        return self.o_proj(out.view(b, 1, -1), residual), None
+
+
+class DecodeStepLayer:
+    """Mixin put before an HF decoder layer class (see `enable_decode_step_layer`)."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if args or kwargs.get(DECODE_SLOT) is None or not triton_runs_on(hidden_states):
+            return super().forward(hidden_states, *args, **kwargs)
+        h, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **{RESIDUAL: hidden_states},
+                              **kwargs)
+        return self.mlp(self.post_attention_layernorm(h), residual=h)
+
+
+RESIDUAL = "wb_residual"  # attention kwarg: the residual its output is added to
+_subclasses: dict[type, type] = {}
+
+
+def _give(module: nn.Module, mixin: type) -> None:
+    cls = type(module)
+    if not issubclass(cls, mixin):
+        if cls not in _subclasses:
+            _subclasses[cls] = type(f"{cls.__name__}DecodeStep", (mixin, cls), {})
+        module.__class__ = _subclasses[cls]
+
+
+def enable_decode_step(attn: nn.Module) -> bool:
+    """Give `attn` the decode-step forward; fusion.py calls it on attention modules whose q/k/v
+    it fused into `attn.qkv` and whose q/k norms it made TritonRMSNorms. Declined (False) unless
+    the model is Qwen3's (rotate-half rotary embedding: Ernie-4.5 rotates interleaved pairs and
+    has no q/k norms), both norms share one epsilon and the decode attention kernel takes the
+    head shapes."""
+    config = attn.config
+    if (getattr(config, "model_type", "") not in ("qwen3", "qwen3_moe")
+            or attn.q_norm.variance_epsilon != attn.k_norm.variance_epsilon):
+        return False
+    d = attn.head_dim
+    query = torch.empty(1, config.num_attention_heads, 1, d, device="meta")
+    if not decode_attention_fits(query, torch.empty(1, config.num_key_value_heads, 1, d, device="meta")):
+        return False
+    _give(attn, DecodeStepAttention)
+    return True
+
+
+def enable_decode_step_layer(layer: nn.Module) -> bool:
+    """Give a decoder layer the decode-step forward (its residual adds in o_proj's GEMM and the
+    MLP's last launch). fusion.py calls it on layers whose attention has the decode step and whose
+    MLP takes `residual=` (FusedMLP, FusedSparseMoE), and whose forward is transformers' pre-norm
+    `x + attn(norm(x))`, then `h + mlp(norm(h))` (Qwen3, Qwen3-MoE). Declined (False) unless the
+    attention has the decode step and a W4A8 o_proj."""
+    if not (isinstance(layer.self_attn, DecodeStepAttention) and isinstance(layer.self_attn.o_proj, W4A8Linear)):
+        return False
+    _give(layer, DecodeStepLayer)
+    return True
