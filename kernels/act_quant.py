@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl, pdl_enter
+
 
 @triton.jit
 def round_half_even(x):
@@ -50,7 +52,9 @@ def _per_token_quant_int8_kernel(
     stride_xm, stride_xk, stride_qm, stride_qk,
     # meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_enter(USE_PDL)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
@@ -89,6 +93,6 @@ def per_token_quant_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _per_token_quant_int8_kernel[grid](
         x, x_q, scales, m, k,
         x.stride(0), x.stride(1), x_q.stride(0), x_q.stride(1),
-        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
+        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps, **pdl(x.device),
     )
     return x_q, scales

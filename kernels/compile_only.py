@@ -32,11 +32,15 @@ from triton.backends.driver import DriverBase
 from triton.runtime import driver
 from triton.runtime.errors import OutOfResources
 
+from . import pdl
+
 # What a launch on these parts would check, from the CUDA programming guide's table of compute
 # capabilities (sm_90: 227 KB of shared memory per block, 64K registers per SM and per block).
 DEVICES = {90: dict(name="H100/H200 (sm_90a)", max_shared_mem=232448, multiprocessor_count=132,
                     max_num_regs=65536, warpSize=32)}
-MARKED_OPCODES = ("IGMMA", "HGMMA", "IMMA", "HMMA", "IDP.4A", "LDGSTS", "WARPGROUP")  # SASS opcode prefixes
+MARKED_OPCODES = ("IGMMA", "HGMMA", "IMMA", "HMMA", "IDP.4A", "LDGSTS", "WARPGROUP",  # SASS opcode prefixes
+                  "ACQBULK", "PREEXIT")  # griddepcontrol.wait, griddepcontrol.launch_dependents (pdl.py)
+MEMORY_OPCODES = ("LDG", "STG", "LDGSTS", "ATOMG", "RED", "UBLKCP", "UTMALDG")
 
 
 @dataclass
@@ -51,6 +55,7 @@ class KernelBuild:
     local: int = 0  # bytes of local memory per thread: register spills (or stack arrays)
     opcodes: Counter = field(default_factory=Counter)  # SASS opcodes of MARKED_OPCODES, by count
     instructions: int = 0  # SASS instructions in all
+    memory_before_wait: bool = False  # a global load or store precedes griddepcontrol.wait in the SASS
 
     def marks(self) -> str:
         return " ".join(f"{op} {n}" for op, n in sorted(self.opcodes.items()) if n) or "-"
@@ -75,6 +80,8 @@ def inspect_cubin(cubin: bytes, build: KernelBuild) -> None:
     ops = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M)
     build.instructions = len(ops)
     build.opcodes = Counter(mark for op in ops for mark in MARKED_OPCODES if op.startswith(mark))
+    if "ACQBULK" in ops:
+        build.memory_before_wait = any(op.startswith(MEMORY_OPCODES) for op in ops[:ops.index("ACQBULK")])
 
 
 class _Utils:
@@ -117,7 +124,8 @@ class CompileOnlyDriver(DriverBase):
                 constants = {params[path[0]].name: value for path, value in src.constants.items()
                              if len(path) == 1 and params[path[0]].is_constexpr}
                 owner.builds.append(KernelBuild(metadata.name, {
-                    **constants, "num_warps": metadata.num_warps, "num_stages": metadata.num_stages},
+                    **constants, "num_warps": metadata.num_warps, "num_stages": metadata.num_stages,
+                    "launch_pdl": bool(getattr(metadata, "launch_pdl", False))},
                     owner.where, shared=metadata.shared))
 
             def __call__(self, *args, **kwargs) -> None:
@@ -164,7 +172,9 @@ def compile_only(arch: int = 90):
     fake = CompileOnlyDriver(arch)
     before = driver._active  # None until first used (reset_active would look for a GPU driver, and raise)
     driver.set_active(fake)
+    pdl.FORCE = arch >= 90  # the launches as a Hopper GPU runs them (pdl.py)
     try:
         yield fake
     finally:
         driver._active = before
+        pdl.FORCE = False

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .autotune import interpreting
+from .pdl import pdl, pdl_enter
 
 BLOCK_N = 64  # slots per inner iteration
 MAX_SPLITS = 32  # chunks per (batch, kv head); stage 2 holds them all in registers
@@ -36,7 +37,9 @@ def _split_kernel(
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, stride_mb,
     G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr,
     UPCAST: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_enter(USE_PDL)
     b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n = tl.load(slot_ptr) + 1  # slots [0, n) hold keys, the current token's included
     start = s * chunk
@@ -74,7 +77,8 @@ def _split_kernel(
 
 
 @triton.jit
-def _combine_kernel(part_ptr, lse_ptr, out_ptr, SPLITS: tl.constexpr, D: tl.constexpr):
+def _combine_kernel(part_ptr, lse_ptr, out_ptr, SPLITS: tl.constexpr, D: tl.constexpr, USE_PDL: tl.constexpr = False):
+    pdl_enter(USE_PDL)
     head = tl.program_id(0)  # flat (batch, q head); out is [B, 1, Hq, D] contiguous, so also its row
     offs_s = tl.arange(0, SPLITS)
     offs_d = tl.arange(0, D)
@@ -128,7 +132,7 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), mask.stride(0) if mask.shape[0] > 1 else 0,
         G=g, G_PAD=max(16, triton.next_power_of_2(g)), D=d, SPLITS=splits, BLOCK=BLOCK_N,
-        UPCAST=interpreting(),
+        UPCAST=interpreting(), **pdl(query.device),
     )
-    _combine_kernel[(b * hq,)](part, lse, out, SPLITS=splits, D=d)
+    _combine_kernel[(b * hq,)](part, lse, out, SPLITS=splits, D=d, **pdl(query.device))
     return out

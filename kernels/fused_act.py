@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .act_quant import quant_launch_params, quantize_by, quantize_rows
+from .pdl import pdl, pdl_enter
 
 
 @triton.jit
@@ -39,7 +40,9 @@ def _rmsnorm_quant_kernel(
     M, K, eps,
     stride_xm, stride_ym, stride_qm,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, QUANT: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_enter(USE_PDL)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
@@ -72,7 +75,9 @@ def _silu_mul_quant_kernel(
     M, I,
     stride_hm, stride_qm,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_enter(USE_PDL)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     mask = (offs_m[:, None] < M) & (offs_k[None, :] < I)
@@ -83,8 +88,9 @@ def _silu_mul_quant_kernel(
 
 
 @triton.jit
-def _silu_mul_absmax_kernel(h_ptr, partial_ptr, I, stride_hm, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+def _silu_mul_absmax_kernel(h_ptr, partial_ptr, I, stride_hm, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr = False):
     """Split rows, pass 1: program (row, chunk) writes its chunk's absmax of SiLU(gate) * up."""
+    pdl_enter(USE_PDL)
     row, chunk = tl.program_id(0), tl.program_id(1)
     offs_k = chunk * CHUNK + tl.arange(0, CHUNK)
     prod = silu_mul(h_ptr + row * stride_hm + offs_k, offs_k < I, I)
@@ -95,9 +101,11 @@ def _silu_mul_absmax_kernel(h_ptr, partial_ptr, I, stride_hm, CHUNK: tl.constexp
 def _silu_mul_quant_split_kernel(
     h_ptr, partial_ptr, xq_ptr, scale_ptr, I, n_chunks, stride_hm, stride_qm,
     CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """Split rows, pass 2: the row's absmax from pass 1's partials, then this chunk's int8
     values; SiLU(gate) * up is computed again (from L2) rather than stored between passes."""
+    pdl_enter(USE_PDL)
     row, chunk = tl.program_id(0), tl.program_id(1)
     offs_c = tl.arange(0, BLOCK_C)
     partial = tl.load(partial_ptr + row * BLOCK_C + offs_c, mask=offs_c < n_chunks, other=0.0)
@@ -139,7 +147,7 @@ def _rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool):
         block_m, block_k, warps = quant_launch_params(m, k)
         _rmsnorm_quant_kernel[(triton.cdiv(m, block_m),)](
             x, weight, y, x_q, scale, m, k, eps, x.stride(0), y.stride(0), x_q.stride(0),
-            BLOCK_M=block_m, BLOCK_K=block_k, QUANT=quantize, num_warps=warps)
+            BLOCK_M=block_m, BLOCK_K=block_k, QUANT=quantize, num_warps=warps, **pdl(x.device))
     return y, x_q, scale
 
 
@@ -162,14 +170,17 @@ def silu_mul_quant(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if m and (m > SPLIT_MAX_ROWS or i < 2 * SPLIT_CHUNK):
         block_m, block_k, warps = quant_launch_params(m, i)
         _silu_mul_quant_kernel[(triton.cdiv(m, block_m),)](
-            h, x_q, scale, m, i, h.stride(0), x_q.stride(0), BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps)
+            h, x_q, scale, m, i, h.stride(0), x_q.stride(0), BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps,
+            **pdl(h.device))
     elif m:
         n_chunks = triton.cdiv(i, SPLIT_CHUNK)
         block_c = triton.next_power_of_2(n_chunks)
         partial = torch.empty((m, block_c), dtype=torch.float32, device=h.device)
-        _silu_mul_absmax_kernel[(m, n_chunks)](h, partial, i, h.stride(0), CHUNK=SPLIT_CHUNK, BLOCK_C=block_c)
+        _silu_mul_absmax_kernel[(m, n_chunks)](h, partial, i, h.stride(0), CHUNK=SPLIT_CHUNK, BLOCK_C=block_c,
+                                                **pdl(h.device))
         _silu_mul_quant_split_kernel[(m, n_chunks)](
-            h, partial, x_q, scale, i, n_chunks, h.stride(0), x_q.stride(0), CHUNK=SPLIT_CHUNK, BLOCK_C=block_c)
+            h, partial, x_q, scale, i, n_chunks, h.stride(0), x_q.stride(0), CHUNK=SPLIT_CHUNK, BLOCK_C=block_c,
+            **pdl(h.device))
     return x_q, scale
 
 

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .fused_act import round_to
+from .pdl import pdl, pdl_enter
 
 MAX_EXPERTS = 1024  # one program holds a row of logits in registers
 ROUTER_MAX_TOKENS = 16  # decode batches: the router GEMV in Triton (`route`); prefill: cuBLAS
@@ -34,9 +35,11 @@ def _router_partial_kernel(
     x_ptr, w_ptr, part_ptr,
     T, E, H, stride_xt, stride_we, stride_ps,
     ROWS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, H_SPLIT: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """Program (e block, h split): partial logits [ROWS, BLOCK_E] over H_SPLIT of the hidden size,
     fp32 products of the bf16 (or fp32) values, into part[split]."""
+    pdl_enter(USE_PDL)
     offs_e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     split = tl.program_id(1)
     mask_e = offs_e < E
@@ -61,7 +64,9 @@ def _topk_softmax_kernel(
     E, stride_l, stride_ps, norm_min,
     TOP_K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_BIAS: tl.constexpr, RENORMALIZE: tl.constexpr, SPLITS: tl.constexpr, LOGITS_DTYPE: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_enter(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_E)
     mask = offs < E
@@ -120,7 +125,7 @@ def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize:
         _router_partial_kernel[(triton.cdiv(n_experts, block_e), splits)](
             x, router_weight, partial, n_tokens, n_experts, hidden, x.stride(0), router_weight.stride(0),
             partial.stride(0), ROWS=triton.next_power_of_2(n_tokens), BLOCK_E=block_e, BLOCK_H=block_h,
-            H_SPLIT=h_split, num_warps=4)
+            H_SPLIT=h_split, num_warps=4, **pdl(x.device))
     return topk_softmax(partial, top_k, renormalize, out_dtype, bias, norm_min, logits_dtype=router_weight.dtype)
 
 
@@ -148,6 +153,7 @@ def topk_softmax(logits: torch.Tensor, top_k: int, renormalize: bool, out_dtype:
             TOP_K=top_k, BLOCK_E=triton.next_power_of_2(n_experts), BLOCK_K=triton.next_power_of_2(top_k),
             HAS_BIAS=bias is not None, RENORMALIZE=renormalize, SPLITS=splits,
             LOGITS_DTYPE=TL_DTYPES[logits_dtype or logits.dtype], num_warps=1 if n_experts <= 128 else 4,
+            **pdl(logits.device),
         )
     return weights, ids
 

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from .fused_act import round_to
+from .pdl import pdl, pdl_enter
 
 
 @triton.jit
@@ -28,7 +29,9 @@ def _qk_norm_rope_kernel(
     stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     # meta-parameters
     HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_enter(USE_PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)  # query heads [0, HQ), then key heads
     offs = tl.arange(0, D)
@@ -77,7 +80,7 @@ def qk_norm_rope_store(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torc
         qkv, q_weight, k_weight, cos, sin, q, k_cache, v_cache, slot, eps,
         qkv.stride(0), cos.stride(0), q.stride(0), q.stride(1),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
-        HQ=heads, HKV=kv_heads, D=d,
+        HQ=heads, HKV=kv_heads, D=d, **pdl(qkv.device),
     )
     return q
 

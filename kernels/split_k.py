@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .fused_act import round_to
+from .pdl import pdl, pdl_enter
 
 
 @triton.jit
@@ -56,7 +57,9 @@ def _split_k_reduce_kernel(
     stride_ps, stride_pm, stride_rm, stride_om, stride_on,
     # meta-parameters
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_enter(USE_PDL)
     m = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -76,4 +79,5 @@ def reduce_split_k(part, bias, out, residual=None, block_n: int = 256) -> None:
         part, bias if bias is not None else part, residual if residual is not None else part, out, m, n,
         part.stride(0), part.stride(1), residual.stride(0) if residual is not None else 0, out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, SPLIT_K=split, BLOCK_N=block_n,
+        **pdl(out.device),
     )

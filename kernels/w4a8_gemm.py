@@ -32,6 +32,7 @@ from .act_quant import _per_token_quant_int8_kernel, per_token_quant_int8, quant
 from .autotune import GRAPH_CALLS, interpreting, m_bucket, pick_config
 from .launch import Launcher
 from .packing import padded_k
+from .pdl import pdl, pdl_enter
 from .reference import check_group_size
 from .split_k import _split_k_reduce_kernel, reduce_split_k, split_range, store_tile
 from .w4a8_gemv import GEMV_MAX_M, _w4a8_gemv_kernel, gemv_configs, gemv_grid, is_gemv, launch_gemv
@@ -92,7 +93,9 @@ def _w4a8_gemm_kernel(
     # meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_N: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_enter(USE_PDL)
     # Computed transposed, acc[BLOCK_N, BLOCK_M] = W . x^T: the unpacked weight is the MMA's A
     # operand, which wgmma may take from registers, while x^T streams through shared memory.
     # This also lets decode use BLOCK_M = 16 (wgmma needs 64 rows only on the A side).
@@ -190,7 +193,7 @@ def _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config
             0 if split == 1 else target.stride(0), target.stride(-2), target.stride(-1),
             tile_residual.stride(0) if tile_residual is not None else 0,
             GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, HAS_RESIDUAL=tile_residual is not None,
-            **config,
+            **config, **pdl(x_q.device, early=False),
         )
     if split > 1:
         reduce_split_k(target, bias, out, residual)
@@ -298,9 +301,11 @@ class DecodePlan:
         self.m, self.k, self.n, self.x_dtype, self.device = m, k, n, x_dtype, packed_w.device
         self.refs = (weakref.ref(packed_w), weakref.ref(w_scale), weakref.ref(bias) if bias is not None else None)
         self.w_strides = (*packed_w.stride(), *w_scale.stride())
+        launch = pdl(self.device)
         block_m, block_k, warps = quant_launch_params(m, k)
         self.quant_grid = (triton.cdiv(m, block_m), 1, 1)  # Launcher grids have 3 entries
-        self.quant = Launcher(_per_token_quant_int8_kernel, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps)
+        self.quant = Launcher(_per_token_quant_int8_kernel, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps,
+                              **launch)
         self.split = config["SPLIT_K"]
         self.gemv = is_gemv(config)
         # [without, with] a residual: where it is added (the tile store, or the split-K reduction)
@@ -308,15 +313,16 @@ class DecodePlan:
         if self.gemv:
             self.grid = gemv_grid(n, config)
             self.gemm = [Launcher(_w4a8_gemv_kernel, GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None,
-                                  HAS_RESIDUAL=res and self.split == 1, ASM=not interpreting(), **config)
+                                  HAS_RESIDUAL=res and self.split == 1, ASM=not interpreting(), **config, **launch)
                          for res in (False, True)]
         else:
             self.grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), self.split, 1)
             self.gemm = [Launcher(_w4a8_gemm_kernel, GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None,
-                                  HAS_RESIDUAL=res and self.split == 1, **config) for res in (False, True)]
+                                  HAS_RESIDUAL=res and self.split == 1, **config, **pdl(self.device, early=False))
+                         for res in (False, True)]
         self.reduce_grid = (m, triton.cdiv(n, 256), 1)
         self.reduce = [Launcher(_split_k_reduce_kernel, HAS_BIAS=bias is not None, HAS_RESIDUAL=res,
-                                SPLIT_K=self.split, BLOCK_N=256) for res in (False, True)]
+                                SPLIT_K=self.split, BLOCK_N=256, **launch) for res in (False, True)]
 
     def holds(self, packed_w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> bool:
         """The weight tensors this plan was made for (by identity)."""

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from .autotune import interpreting
+from .pdl import pdl, pdl_enter
 from .split_k import split_range, store_tile
 
 GEMV_MAX_M = 4
@@ -109,7 +110,9 @@ def _w4a8_gemv_kernel(
     # meta-parameters
     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr,
     W_STAGES: tl.constexpr, ASM: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_enter(USE_PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -177,5 +180,5 @@ def launch_gemv(x_q, x_scale, packed_w, w_scale, bias, group_size, target, confi
         target.stride(0) if config["SPLIT_K"] > 1 else 0, target.stride(-2),
         residual.stride(0) if residual is not None else 0,
         GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
-        ASM=not interpreting(), **config,
+        ASM=not interpreting(), **config, **pdl(target.device),
     )

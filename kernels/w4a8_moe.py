@@ -33,6 +33,7 @@ import triton.language as tl
 
 from .autotune import interpreting
 from .fused_act import round_to
+from .pdl import pdl, pdl_enter
 from .w4a8_gemm import w4a8_tile
 from .w4a8_gemv import gemv_tile, word_view
 
@@ -183,7 +184,9 @@ def _w4a8_moe_gemv_kernel(
     # meta-parameters
     ROW_DIV: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_WEIGHTS: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_W: tl.constexpr, W_STAGES: tl.constexpr, ASM: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_enter(USE_PDL)
     slot = tl.program_id(0)
     expert = tl.load(expert_ptr + slot).to(tl.int64)
     row = slot // ROW_DIV
@@ -219,7 +222,7 @@ def w4a8_moe_gemv(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tens
         xw.stride(0), ww.stride(0), ww.stride(1), w_scale.stride(0), w_scale.stride(1), out.stride(0),
         ROW_DIV=row_div, GROUP_SIZE=max(group_size, 0), HAS_WEIGHTS=slot_weights is not None,
         BLOCK_N=config["BLOCK_N"], BLOCK_W=block_w, W_STAGES=config["W_STAGES"],
-        ASM=not interpreting(), num_warps=config["num_warps"],
+        ASM=not interpreting(), num_warps=config["num_warps"], **pdl(x_q.device),
     )
     return out
 
@@ -242,7 +245,8 @@ def moe_gemv_candidates() -> list[dict]:
 
 @triton.jit
 def _sum_slots_kernel(y_ptr, res_ptr, out_ptr, N, stride_ym, stride_rm, stride_om,
-                      TOP_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr):
+                      TOP_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr = False):
+    pdl_enter(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = offs_n < N
@@ -274,5 +278,6 @@ def sum_slots(y: torch.Tensor, top_k: int, residual: torch.Tensor | None = None)
         res = residual if residual is not None else y
         _sum_slots_kernel[(n_tokens, triton.cdiv(n, block_n))](
             y, res, out, n, y.stride(0), res.stride(0), out.stride(0),
-            TOP_K=top_k, HAS_RESIDUAL=residual is not None, BLOCK_N=block_n, num_warps=4)
+            TOP_K=top_k, HAS_RESIDUAL=residual is not None, BLOCK_N=block_n, num_warps=4,
+            **pdl(y.device))
     return out

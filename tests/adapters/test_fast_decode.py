@@ -17,6 +17,7 @@ from adapters.decode_step import DecodeStepAttention, DecodeStepLayer
 from adapters.static_decode import DECODE_SLOT, StaticKVCache, _after_eos, _capturable, static_generate
 from kernels import w4a8_moe
 from kernels.linear import attached_int8
+from kernels.pdl import pdl_enabled
 
 from .test_adapters import FAMILIES
 
@@ -219,6 +220,23 @@ def test_cuda_graph_decoding_is_greedy_and_replays_the_same(family, quant_dir):
     assert_greedy(load(family, quant_dir(family), "cuda", fuse=False), ids, mask, first)
     assert torch.equal(static_generate(model, ids, 12, mask, use_graph=True), first), "graph replay differs"
     assert adapter.generate(model, ids[:1], 12).shape[1] <= 6 + 12
+
+
+@gpu
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dependent_launches_change_no_token(family, quant_dir, monkeypatch):
+    """The decode step's kernels launched with programmatic dependent launch (kernels/pdl.py: each
+    scheduled while the one before runs, waiting for it before touching memory) decode the tokens
+    of the same kernels launched one after the other; a kernel that read before its wait would
+    race, and its tokens would move."""
+    if not pdl_enabled(torch.device("cuda")):
+        pytest.skip("dependent launch needs compute capability 9.0 (Hopper) or later, and WB_PDL unset")
+    ids, mask = (t.cuda() for t in padded_prompt())
+    tokens = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv("WB_PDL", setting)
+        tokens.append(static_generate(load(family, quant_dir(family), "cuda"), ids, 12, mask, use_graph=True))
+    assert torch.equal(tokens[0], tokens[1])
 
 
 def test_decode_benchmark_smoke_run():

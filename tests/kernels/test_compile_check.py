@@ -104,6 +104,27 @@ def test_decode_kernels_do_not_spill(sweeps):
     assert not spilled, "decode kernels that spill to local memory:\n" + "\n".join(spilled)
 
 
+# every kernel of a decode step (kernels/pdl.py); the routed-expert and W8A8 GEMMs never run in one
+PDL_KERNELS = {"_w4a8_gemv_kernel", "_w4a8_gemm_kernel", "_split_k_reduce_kernel", "_per_token_quant_int8_kernel",
+               "_rmsnorm_quant_kernel", "_silu_mul_quant_kernel", "_silu_mul_absmax_kernel",
+               "_silu_mul_quant_split_kernel", "_qk_norm_rope_kernel", "_split_kernel", "_combine_kernel",
+               "_router_partial_kernel", "_topk_softmax_kernel", "_w4a8_moe_gemv_kernel", "_sum_slots_kernel"}
+
+
+def test_decode_kernels_wait_for_the_kernel_before_they_touch_memory(sweeps):
+    """On Hopper the decode step's kernels launch with programmatic dependent launch: each must
+    wait (griddepcontrol.wait, SASS ACQBULK) before its first global load or store, or it races the
+    kernel before it; each releases the next (PREEXIT); all but the tensor-core GEMM are
+    scheduled early (launch_pdl)."""
+    builds = [b for s in sweeps.values() for b in s["builds"] if b["kernel"] in PDL_KERNELS]
+    assert {b["kernel"] for b in builds} == PDL_KERNELS
+    for b in builds:
+        where = f"{b['kernel']} ({b['where']}, {b['meta']})"
+        assert b["meta"]["USE_PDL"] and b["opcodes"].get("ACQBULK") and b["opcodes"].get("PREEXIT"), where
+        assert not b["memory_before_wait"], f"{where} reads or writes global memory before griddepcontrol.wait"
+        assert b["meta"]["launch_pdl"] == (b["kernel"] != "_w4a8_gemm_kernel"), where
+
+
 def test_a_launch_over_the_shared_memory_limit_is_refused_as_on_the_gpu():
     script = (
         "import torch\n"
