@@ -77,7 +77,8 @@ def _split_kernel(
 
 
 @triton.jit
-def _combine_kernel(part_ptr, lse_ptr, out_ptr, SPLITS: tl.constexpr, D: tl.constexpr, USE_PDL: tl.constexpr = False):
+def _combine_kernel(part_ptr, lse_ptr, out_ptr, SPLITS: tl.constexpr, D: tl.constexpr,
+                    USE_PDL: tl.constexpr = False):
     pdl_enter(USE_PDL)
     head = tl.program_id(0)  # flat (batch, q head); out is [B, 1, Hq, D] contiguous, so also its row
     offs_s = tl.arange(0, SPLITS)

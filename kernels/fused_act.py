@@ -88,7 +88,8 @@ def _silu_mul_quant_kernel(
 
 
 @triton.jit
-def _silu_mul_absmax_kernel(h_ptr, partial_ptr, I, stride_hm, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr = False):
+def _silu_mul_absmax_kernel(h_ptr, partial_ptr, I, stride_hm, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
+                            USE_PDL: tl.constexpr = False):
     """Split rows, pass 1: program (row, chunk) writes its chunk's absmax of SiLU(gate) * up."""
     pdl_enter(USE_PDL)
     row, chunk = tl.program_id(0), tl.program_id(1)

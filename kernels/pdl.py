@@ -36,21 +36,19 @@ def pdl_enter(USE_PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
-@functools.lru_cache(maxsize=None)
-def _capable(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 9
-
-
 FORCE = False  # compile_only.py: build every launch as an sm_90 GPU runs it
 
 
 def pdl_enabled(device: torch.device) -> bool:
     """Whether kernels on `device` launch with PDL (see the module docstring)."""
-    if FORCE:
-        return True
-    return (device.type == "cuda" and not interpreting() and os.environ.get("WB_PDL", "1") != "0"
-            and torch.cuda.is_available() and _capable(device.index if device.index is not None
-                                                       else torch.cuda.current_device()))
+    return FORCE or _enabled(device.type, device.index, os.environ.get("WB_PDL", "1"), interpreting())
+
+
+@functools.lru_cache(maxsize=None)  # called for every launch of the eager decode path
+def _enabled(device_type: str, index: int | None, setting: str, interpreted: bool) -> bool:
+    if device_type != "cuda" or interpreted or setting == "0" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(index if index is not None else torch.cuda.current_device())[0] >= 9
 
 
 def pdl(device: torch.device, early: bool = True) -> dict:

@@ -245,7 +245,8 @@ def moe_gemv_candidates() -> list[dict]:
 
 @triton.jit
 def _sum_slots_kernel(y_ptr, res_ptr, out_ptr, N, stride_ym, stride_rm, stride_om,
-                      TOP_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr = False):
+                      TOP_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr,
+                      USE_PDL: tl.constexpr = False):
     pdl_enter(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -259,6 +259,41 @@ def test_a_padded_row_is_compared_up_to_a_router_near_tie_only():
     assert _padded_rows("d", run, pads, spec, tie_at_1).category == "ignores_attention_mask"
 
 
+@pytest.mark.parametrize("family", ["qwen3_moe", "ernie4_5_moe"])
+def test_router_margins_are_recorded_where_the_router_runs_fused(family, tmp_path):
+    """The near-ties of the padded-row rule are measured on the reference, which on a GPU is the
+    fused adapter: FusedSparseMoE routes in a Triton kernel that reads gate.weight and never calls
+    the gate, so a hook on the gate's output recorded nothing there, every padded position was
+    compared exactly, and the gold Qwen3-MoE port failed validate on an H200 (row 2 at 9.9%: one
+    token routed to another expert). The fused model (here under the interpreter) must give the
+    unfused model's margins."""
+    import importlib
+
+    import torch
+    import transformers
+
+    from adapters import tiny
+    from adapters.moe import FusedSparseMoE
+    from adapters.quantize import quantize_checkpoint
+    from workbench.checks.probes.model_probe import RouterMargins
+
+    quantized = quantize_checkpoint(tiny.make(family, tmp_path / "tiny", seed=3), tmp_path / "q", 32,
+                                    show_progress=False)
+    config = json.loads((quantized / "config.json").read_text())
+    ids = torch.randint(0, config["vocab_size"], (2, 5), generator=torch.Generator().manual_seed(0))
+    margins = []
+    for fuse in (False, True):
+        model = importlib.import_module(f"adapters.{family}").load_model(str(quantized), "cpu", True, fuse=fuse)
+        with torch.no_grad(), RouterMargins(model, config, True) as routers:
+            model(ids)
+            margins.append(routers.take(ids.shape))
+        assert routers.found
+    if int(transformers.__version__.split(".")[0]) >= 5:  # 4.x experts stay transformers' own block
+        assert any(isinstance(layer.mlp, FusedSparseMoE) for layer in model.model.layers)
+    assert torch.isfinite(margins[1]).all(), "no router margin recorded on the fused model"
+    torch.testing.assert_close(margins[1], margins[0], rtol=1e-5, atol=1e-7)
+
+
 def test_llama_default_rope_theta_fails_numerics(tmp_path):
     """The tiny fixtures carry the real families' values (Qwen3: theta 1e6): a port that hard-codes
     Llama's 1e4 diverges on them as it would on Qwen3-0.6B."""

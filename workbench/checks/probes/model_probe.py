@@ -110,37 +110,45 @@ class LayerTap:
 
 
 class RouterMargins:
-    """Hooks on a MoE model's routers (`mlp.gate` modules): per token, the relative gap between the
-    k-th and (k+1)-th expert scores (softmax of the router logits, plus Ernie's
-    e_score_correction_bias where the model has one: what top-k selects on), the minimum over
+    """Hooks on a MoE model's MoE blocks (the modules holding a router `mlp.gate`): per token, the
+    relative gap between the k-th and (k+1)-th expert scores (softmax of the router logits, plus
+    Ernie's e_score_correction_bias where the model has one: what top-k selects on), the minimum over
     layers. Two correct ports may pick different experts where that gap is within rounding: a
     GEMM of another shape (a padded batch against a prompt alone) moves the router logits by a
     bf16 ulp. Measured on the tiny Qwen3-MoE gold port: a gap under 5e-6 at one token flipped an
-    expert and put the padded row 11% (rel. L2) from the prompt alone, 24% at that position."""
+    expert and put the padded row 11% (rel. L2) from the prompt alone, 24% at that position.
+
+    The logits are computed here from the block's input and the router's weight (as transformers'
+    routers compute them, in the weight's dtype), not read from the gate's output: the adapters'
+    FusedSparseMoE routes in one Triton kernel that reads `gate.weight` and never calls the gate, so
+    a hook on the gate recorded nothing on a GPU and every padded position was compared exactly."""
 
     def __init__(self, model, config: dict, enabled: bool):
         self.top_k = config.get("num_experts_per_tok") or config.get("moe_k")
         modules = dict(model.named_modules()) if enabled and self.top_k else {}
         # Ernie's bias sits in the gate (transformers 5.x) or beside it in the MoE block (4.57)
-        self.routers = [(m, modules[name[:-len(".gate")]]) for name, m in modules.items() if name.endswith("mlp.gate")]
+        self.routers = [(m, modules[name[:-len(".gate")]]) for name, m in modules.items()
+                        if name.endswith("mlp.gate") and isinstance(getattr(m, "weight", None), torch.Tensor)]
         self.found = bool(self.routers)
         self.margins: list[torch.Tensor] = []
 
     def __enter__(self):
-        self.handles = [gate.register_forward_hook(self._hook(block)) for gate, block in self.routers]
+        self.handles = [block.register_forward_pre_hook(self._hook(gate.weight, block), with_kwargs=True)
+                        for gate, block in self.routers]
         return self
 
     def __exit__(self, *exc):
         for handle in self.handles:
             handle.remove()
 
-    def _hook(self, block):
+    def _hook(self, weight: torch.Tensor, block):
         bias = next((t for n, t in list(block.named_buffers()) + list(block.named_parameters())
                      if n.endswith("e_score_correction_bias")), None)
 
-        def hook(module, args, output):
-            logits = output[0] if isinstance(output, (tuple, list)) else output
-            scores = logits.detach().float().softmax(-1)
+        def hook(module, args, kwargs):
+            x = (args[0] if args else kwargs["hidden_states"]).detach()
+            logits = torch.nn.functional.linear(x.reshape(-1, x.shape[-1]).to(weight.dtype), weight.detach())
+            scores = logits.float().softmax(-1)
             if bias is not None:
                 scores = scores + bias.detach().float().reshape(-1)
             top = scores.topk(self.top_k + 1, dim=-1).values
