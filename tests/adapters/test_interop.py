@@ -26,9 +26,11 @@ from adapters import tiny
 from adapters.formats import QuantScheme, compressed_tensors_config, parse_quant_config, quant_config
 from adapters.quantize import quantize_checkpoint
 from kernels.packing import pack_ct, unpack_ct
+from workbench.checks.model_checks import ROUTER_TIE
+from workbench.checks.probes.model_probe import RouterMargins
 
 REPO = Path(__file__).resolve().parents[2]
-MIN_COSINE, MIN_MOE_COSINE, MIN_TOP1 = 0.995, 0.98, 0.9
+MIN_COSINE, MIN_TOP1 = 0.995, 0.9
 # group 128 needs K a multiple of 128: the triton tier (hidden 256, intermediate 512, experts 128)
 GROUPS = [-1, 128]
 
@@ -46,13 +48,25 @@ def bf16_dir(tmp_path_factory):
 
 
 def agreement(ours_dir, theirs: torch.nn.Module, family: str) -> tuple[float, float]:
-    """(min cosine, top-1 agreement) of our adapter's logits against `theirs` on random prompts."""
+    """(min cosine, top-1 agreement) of our adapter's logits against `theirs` on random prompts.
+    MoE: the min cosine is over the tokens whose routing is clear on both sides (every layer's k-th
+    expert score ROUTER_TIE above the next): where one side is near a tie, its rounding of the
+    activations (ours int8, theirs bf16) can pick another expert, which moves that token's logits
+    (qwen3_moe, transformers 5.24: one token in 72, its 2nd and 3rd expert at 0.1536 / 0.1513 in
+    transformers' run and 0.1582 / 0.1407 in ours, cosine 0.956; every other token > 0.999)."""
     ours = importlib.import_module(f"adapters.{family}").load_model(str(ours_dir), use_triton=False)
     assert ours.load_report.ok, ours.load_report
     ids = torch.randint(0, tiny.VOCAB_SIZE, (3, 24), generator=torch.Generator().manual_seed(0))
+    clear = torch.ones(ids.numel(), dtype=torch.bool)
     with torch.no_grad():
-        a, b = ours(ids).logits.float().flatten(0, 1), theirs(ids).logits.float().flatten(0, 1)
-    cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item()
+        logits = []
+        for model in (ours, theirs):
+            with RouterMargins(model, model.config.to_dict(), family.endswith("_moe")) as routers:
+                logits.append(model(ids).logits.float().flatten(0, 1))
+                clear &= routers.take(ids.shape).flatten() >= ROUTER_TIE
+    a, b = logits
+    assert clear.float().mean() >= 0.8, f"only {int(clear.sum())} of {clear.numel()} tokens route clear of a near-tie"
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)[clear].min().item()
     return cosine, (a.argmax(-1) == b.argmax(-1)).float().mean().item()
 
 
@@ -68,10 +82,7 @@ def transformers_load(path) -> torch.nn.Module:
 def test_transformers_loads_our_compressed_tensors_checkpoint(family, group_size, bf16_dir, tmp_path):
     out = quantize_checkpoint(bf16_dir(family), tmp_path / "ct", group_size, "compressed-tensors", show_progress=False)
     cosine, top1 = agreement(out, transformers_load(out), family)
-    # MoE: one token in 72 whose top-k routing is a near-tie can take other experts under the other
-    # side's rounding (qwen3_moe under transformers 4.57: min cosine 0.991, every other token > 0.998)
-    floor = MIN_COSINE if not family.endswith("_moe") else MIN_MOE_COSINE
-    assert cosine > floor and top1 > MIN_TOP1, f"{family} g{group_size}: cosine {cosine:.4f}, top-1 {top1:.0%}"
+    assert cosine > MIN_COSINE and top1 > MIN_TOP1, f"{family} g{group_size}: cosine {cosine:.4f}, top-1 {top1:.0%}"
 
 
 def compress_with_compressed_tensors(src, out, group_size: int):
