@@ -82,7 +82,7 @@ def sweep_moe(slots: int, experts: int = 128, hidden: int = 2048, inter: int = 7
         ref = w4a8_moe_gemv(x_q, x_scale, packed, scales, ids[0], group_size, row_div, torch.bfloat16, weights)
         bytes_per_call = slots * n * k // 2
         results = []
-        for cfg in moe_gemv_candidates():
+        for cfg in moe_gemv_candidates(slots):
             fns = [lambda i=i: w4a8_moe_gemv(x_q, x_scale, packed, scales, ids[i], group_size, row_div,
                                              torch.bfloat16, weights, cfg) for i in range(16)]
             err = ((fns[0]().float() - ref.float()).abs().max() / ref.float().abs().max()).item()
