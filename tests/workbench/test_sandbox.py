@@ -72,6 +72,15 @@ def test_secrets_never_reach_the_process(tmp_path, monkeypatch):
     assert os.environ["OPENAI_API_KEY"] == "sk-test-secret"  # the harness keeps its own
 
 
+def test_thread_caps_reach_the_check_processes(tmp_path, monkeypatch):
+    """A check's process honours OMP_NUM_THREADS as the harness's does (on CI's 2 cores a check
+    at torch's default of a thread per core beside another ran 12x slower)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    env = scrubbed_env({"PYTHONPATH": str(tmp_path)})
+    done = run_sandboxed(py("import torch; print(torch.get_num_threads())"), tmp_path, 60, env=env)
+    assert env["OMP_NUM_THREADS"] == "1" and done.stdout.strip() == "1", done.stderr
+
+
 def test_long_output_keeps_head_and_tail(tmp_path):
     done = run_sandboxed(py("print('A' * 50000 + 'END')"), tmp_path, 30)
     assert done.stdout.startswith("AAAA") and done.stdout.rstrip().endswith("END") and "characters cut" in done.stdout
