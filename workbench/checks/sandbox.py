@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL|AUTH", re.IGNORECASE)
-# The thread caps too: a check's process runs torch at one thread per core without them, and two of
-# them side by side on 2 cores spent their time handing tiny ops between threads (the gold
-# Qwen3-MoE weight_load check: 15 s alone, 183 s beside another worker's checks)
+# The variables a sandboxed process keeps. The thread caps are among them: without them a check's
+# process runs torch at one thread per core, and two side by side on 2 cores spent their time
+# handing tiny ops between threads (the gold Qwen3-MoE weight_load check: 15 s alone, 183 s
+# beside another worker's checks)
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES",
                   "WB_CACHE_DIR", "XDG_CACHE_HOME", "VIRTUAL_ENV", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 OUTPUT_LIMIT = 20_000  # characters of stdout/stderr kept: head and tail
