@@ -1,7 +1,7 @@
 """Config sweep for the W4A8 GEMM: every candidate launch config, then warp/stage variants of
 the three fastest, timed on the GPU and checked against the reference.
 
-    python -m kernels.config_sweep [decode|prefill|all|moe]
+    python -m kernels.config_sweep [decode|prefill|all|moe|moe-sum]
 
 Prints, per shape, the bf16 time and the six fastest configs. This is the evidence behind the
 candidate lists in `w4a8_gemm.candidate_configs` and the "what holds the rest back" section of
@@ -9,8 +9,10 @@ the README. Times include per-token activation quantization, as `w4a8_gemm` does
 
 `moe` times the expert GEMV's configs (`w4a8_moe.moe_gemv_candidates`) and the routed-tile GEMM
 on Qwen3-30B-A3B's expert layers at 8 and 128 slots (batch 1 and 16): the evidence behind
-`moe_gemv_config` and `GEMV_MAX_SLOTS`. Expert ids are drawn afresh for each of 16 calls in
-the graph, so the weights come from HBM as at decode.
+`moe_gemv_config` and `GEMV_MAX_SLOTS`; after the down GEMV's configs it times the down GEMV that
+sums the slots (`w4a8_moe_gemv_sum`) against the GEMV and `sum_slots` it replaces (`moe-sum`: that
+part alone). Expert ids are drawn afresh for each of 16 calls in the graph, so the weights come
+from HBM as at decode.
 """
 
 import itertools
@@ -23,7 +25,8 @@ from .autotune import graph_ms
 from .packing import pack_w4a8
 from .reference import quantize_weight, w4a8_linear_ref
 from .w4a8_gemm import _launch, candidate_configs, sm_count
-from .w4a8_moe import moe_gemv_candidates, route_by_expert, w4a8_moe_gemm, w4a8_moe_gemv
+from .w4a8_moe import (moe_gemv_candidates, moe_gemv_sum_candidates, route_by_expert, sum_slots, w4a8_moe_gemm,
+                       w4a8_moe_gemv, w4a8_moe_gemv_sum)
 
 SHAPES = [  # M, N, K, group_size: Qwen3-8B / 30B-A3B layers
     (1, 24576, 4096, 128), (4, 24576, 4096, 128), (1, 4096, 12288, 128), (16, 24576, 4096, 128),
@@ -69,9 +72,11 @@ def sweep(m: int, n: int, k: int, group_size: int) -> None:
 
 
 def sweep_moe(slots: int, experts: int = 128, hidden: int = 2048, inter: int = 768, top_k: int = 8,
-              group_size: int = 128) -> None:
+              group_size: int = 128, summed_only: bool = False) -> None:
     tokens = slots // top_k
     for what, n, k, row_div in (("gate_up", 2 * inter, hidden, top_k), ("down", hidden, inter, 1)):
+        if summed_only and what != "down":
+            continue
         q, s = quantize_weight(torch.randn(experts * n, k, device="cuda") / k**0.5, group_size)
         packed = pack_w4a8(q, group_size).reshape(experts, n, -1)
         scales = s.reshape(experts, n, -1).transpose(1, 2).contiguous()
@@ -81,6 +86,9 @@ def sweep_moe(slots: int, experts: int = 128, hidden: int = 2048, inter: int = 7
         weights = torch.rand(tokens, top_k, device="cuda").to(torch.bfloat16) if what == "down" else None
         ref = w4a8_moe_gemv(x_q, x_scale, packed, scales, ids[0], group_size, row_div, torch.bfloat16, weights)
         bytes_per_call = slots * n * k // 2
+        if summed_only:
+            sweep_moe_sum(x_q, x_scale, packed, scales, ids, weights, group_size, bytes_per_call)
+            continue
         results = []
         for cfg in moe_gemv_candidates(slots):
             fns = [lambda i=i: w4a8_moe_gemv(x_q, x_scale, packed, scales, ids[i], group_size, row_div,
@@ -97,13 +105,40 @@ def sweep_moe(slots: int, experts: int = 128, hidden: int = 2048, inter: int = 7
               f"(with routing) {routed:.1f} us", flush=True)
         for t, cfg in results[:6]:
             print(f"   {t:8.1f} us  {bytes_per_call / t / 1e6:5.2f} TB/s of slot weights  {cfg}", flush=True)
+        if what == "down":
+            sweep_moe_sum(x_q, x_scale, packed, scales, ids, weights, group_size, bytes_per_call)
+
+
+def sweep_moe_sum(x_q, x_scale, packed, scales, ids, weights, group_size: int, bytes_per_call: int) -> None:
+    """The down GEMV with the slots summed in registers (`w4a8_moe_gemv_sum`) against the two
+    launches it replaces (the GEMV's default config, then `sum_slots`), residual added in both."""
+    tokens, top_k = ids[0].shape
+    residual = torch.randn(tokens, packed.shape[1], device="cuda").to(torch.bfloat16)
+    two = [lambda i=i: sum_slots(w4a8_moe_gemv(x_q, x_scale, packed, scales, ids[i], group_size, 1, torch.bfloat16,
+                                               weights), top_k, residual) for i in range(16)]
+    ref = two[0]()
+    t_two = graph_us(two, calls=16)
+    results = []
+    for cfg in moe_gemv_sum_candidates(tokens):
+        fns = [lambda i=i: w4a8_moe_gemv_sum(x_q, x_scale, packed, scales, ids[i], group_size, weights, torch.bfloat16,
+                                             residual, cfg) for i in range(16)]
+        err = ((fns[0]().float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+        assert err < 1e-2, (cfg, err)  # BLOCK_W changes the fp32 order of the group sums
+        results.append((graph_us(fns, calls=16), cfg))
+    default = results[0][0]
+    results.sort(key=lambda r: r[0])
+    print(f"experts down, slots summed: GEMV + sum_slots {t_two:.1f} us, summed GEMV default {default:.1f} us "
+          f"(x{t_two / default:.2f})", flush=True)
+    for t, cfg in results[:6]:
+        print(f"   {t:8.1f} us  x{t_two / t:4.2f}  {bytes_per_call / t / 1e6:5.2f} TB/s of slot weights  {cfg}",
+              flush=True)
 
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
-    if which == "moe":
+    if which in ("moe", "moe-sum"):
         for slots in (8, 128):
-            sweep_moe(slots)
+            sweep_moe(slots, summed_only=which == "moe-sum")
     for shape in SHAPES:
         if which == "all" or which != "moe" and (which == "decode") == (shape[0] <= 16):
             sweep(*shape)

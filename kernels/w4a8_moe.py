@@ -174,6 +174,23 @@ def w4a8_moe_gemm(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tens
 
 
 @triton.jit
+def slot_gemv(xq_ptr, xs_ptr, w_ptr, ws_ptr, expert_ptr, slot_weights_ptr, out_ptr, slot, row, offs_n, mask_n,
+              W_HALF, X_WORDS, stride_xm, stride_we, stride_wn, stride_se, stride_sg,
+              GROUP_SIZE: tl.constexpr, HAS_WEIGHTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+              ASM: tl.constexpr, W_STAGES: tl.constexpr):
+    """One slot's output over the tile's N: x_q's `row` times the slot's expert, in out_ptr's dtype
+    (weighted by the slot's router weight with HAS_WEIGHTS)."""
+    expert = tl.load(expert_ptr + slot).to(tl.int64)
+    acc = gemv_tile(xq_ptr + row * stride_xm, 0, 1, w_ptr + expert * stride_we + offs_n[:, None] * stride_wn,
+                    ws_ptr + expert * stride_se + offs_n, stride_sg, mask_n, W_HALF, X_WORDS,
+                    0, tl.cdiv(W_HALF, BLOCK_W), GROUP_SIZE, 1, BLOCK_N, BLOCK_W, ASM, W_STAGES)
+    out = (tl.sum(acc, axis=1) * (tl.load(xs_ptr + row) * 0.0625)).to(out_ptr.dtype.element_ty)  # 16 * q nibbles
+    if HAS_WEIGHTS:
+        out = weigh_slot(out, tl.load(slot_weights_ptr + slot))
+    return out
+
+
+@triton.jit
 def _w4a8_moe_gemv_kernel(
     # pointers (xq and w as int32 words)
     xq_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, expert_ptr, slot_weights_ptr,
@@ -188,17 +205,47 @@ def _w4a8_moe_gemv_kernel(
 ):
     pdl_enter(USE_PDL)
     slot = tl.program_id(0)
-    expert = tl.load(expert_ptr + slot).to(tl.int64)
-    row = slot // ROW_DIV
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    acc = gemv_tile(xq_ptr + row * stride_xm, 0, 1, w_ptr + expert * stride_we + offs_n[:, None] * stride_wn,
-                    ws_ptr + expert * stride_se + offs_n, stride_sg, mask_n, W_HALF, X_WORDS,
-                    0, tl.cdiv(W_HALF, BLOCK_W), GROUP_SIZE, 1, BLOCK_N, BLOCK_W, ASM, W_STAGES)
-    out = (tl.sum(acc, axis=1) * (tl.load(xs_ptr + row) * 0.0625)).to(out_ptr.dtype.element_ty)  # 16 * q nibbles
-    if HAS_WEIGHTS:
-        out = weigh_slot(out, tl.load(slot_weights_ptr + slot))
+    out = slot_gemv(xq_ptr, xs_ptr, w_ptr, ws_ptr, expert_ptr, slot_weights_ptr, out_ptr, slot, slot // ROW_DIV,
+                    offs_n, mask_n, W_HALF, X_WORDS, stride_xm, stride_we, stride_wn, stride_se, stride_sg,
+                    GROUP_SIZE, HAS_WEIGHTS, BLOCK_N, BLOCK_W, ASM, W_STAGES)
     tl.store(out_ptr + slot * stride_om + offs_n, out, mask=mask_n)
+
+
+@triton.jit
+def _w4a8_moe_gemv_sum_kernel(
+    # pointers (xq and w as int32 words)
+    xq_ptr, xs_ptr, w_ptr, ws_ptr, res_ptr, out_ptr, expert_ptr, slot_weights_ptr,
+    # sizes, in words (see _w4a8_gemv_kernel)
+    N, W_HALF, X_WORDS,
+    # strides (xq and w in words)
+    stride_xm, stride_we, stride_wn, stride_se, stride_sg, stride_rm, stride_om,
+    # meta-parameters
+    TOP_K: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_W: tl.constexpr, W_STAGES: tl.constexpr, ASM: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
+):
+    pdl_enter(USE_PDL)
+    token = tl.program_id(0).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for s in tl.range(0, TOP_K):  # slot order, as `sum_slots` adds them
+        slot = token * TOP_K + s
+        acc += slot_gemv(xq_ptr, xs_ptr, w_ptr, ws_ptr, expert_ptr, slot_weights_ptr, out_ptr, slot, slot, offs_n,
+                         mask_n, W_HALF, X_WORDS, stride_xm, stride_we, stride_wn, stride_se, stride_sg,
+                         GROUP_SIZE, True, BLOCK_N, BLOCK_W, ASM, W_STAGES).to(tl.float32)
+    dtype = out_ptr.dtype.element_ty
+    y = round_to(acc, dtype)
+    if HAS_RESIDUAL:
+        y = round_to(y + tl.load(res_ptr + token * stride_rm + offs_n, mask=mask_n, other=0.0).to(tl.float32), dtype)
+    tl.store(out_ptr + token * stride_om + offs_n, y.to(dtype), mask=mask_n)
+
+
+def _block_w(config: dict, k_half: int, group_size: int) -> int:
+    """BLOCK_W within the packed row's words and within one group per half (see gemv_tile)."""
+    return min(config["BLOCK_W"], k_half // 4, config["BLOCK_W"] if group_size == -1 else group_size // 4)
 
 
 def w4a8_moe_gemv(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
@@ -215,16 +262,61 @@ def w4a8_moe_gemv(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tens
         return out
     xw, ww = word_view(x_q), packed_w.view(torch.int32)
     config = config or moe_gemv_config(experts.numel())
-    block_w = min(config["BLOCK_W"], k_half // 4, config["BLOCK_W"] if group_size == -1 else group_size // 4)
     _w4a8_moe_gemv_kernel[(experts.numel(), triton.cdiv(n, config["BLOCK_N"]))](
         xw, x_scale, ww, w_scale, out, experts, _flat_weights(slot_weights, experts.numel(), x_scale),
         n, k_half // 4, k // 4,
         xw.stride(0), ww.stride(0), ww.stride(1), w_scale.stride(0), w_scale.stride(1), out.stride(0),
         ROW_DIV=row_div, GROUP_SIZE=max(group_size, 0), HAS_WEIGHTS=slot_weights is not None,
-        BLOCK_N=config["BLOCK_N"], BLOCK_W=block_w, W_STAGES=config["W_STAGES"],
+        BLOCK_N=config["BLOCK_N"], BLOCK_W=_block_w(config, k_half, group_size), W_STAGES=config["W_STAGES"],
         ASM=not interpreting(), num_warps=config["num_warps"], **pdl(x_q.device),
     )
     return out
+
+
+def w4a8_moe_gemv_sum(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
+                      top_k_index: torch.Tensor, group_size: int, slot_weights: torch.Tensor, out_dtype: torch.dtype,
+                      residual: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """`sum_slots(w4a8_moe_gemv(..., row_div=1, slot_weights), k, residual)` in one launch, bit for
+    bit: one program per (token, N tile) runs its k slots' GEMVs in slot order and sums them in
+    registers, so the [T * k, N] slot outputs never reach memory (the down projection at decode).
+    x_q int8 [T * k, K] (one row per slot); returns [T, N]."""
+    e, n, k_half = packed_w.shape
+    n_tokens, top_k = top_k_index.shape
+    k = x_q.shape[1]
+    if x_q.shape[0] != n_tokens * top_k:
+        raise ValueError(f"w4a8_moe_gemv_sum takes one x_q row per slot ({n_tokens * top_k}), got {x_q.shape[0]}")
+    if residual is not None and (residual.shape != (n_tokens, n) or residual.dtype != out_dtype
+                                 or residual.stride(1) != 1):
+        raise ValueError(f"w4a8_moe_gemv_sum: residual must be {out_dtype} [{n_tokens}, {n}] with unit inner "
+                         f"stride, got {residual.dtype} {tuple(residual.shape)}")
+    out = torch.empty((n_tokens, n), dtype=out_dtype, device=x_q.device)
+    if n_tokens == 0:
+        return out
+    xw, ww = word_view(x_q), packed_w.view(torch.int32)
+    config = config or moe_gemv_sum_config(n_tokens)
+    res = residual if residual is not None else out
+    _w4a8_moe_gemv_sum_kernel[(n_tokens, triton.cdiv(n, config["BLOCK_N"]))](
+        xw, x_scale, ww, w_scale, res, out, top_k_index.reshape(-1), _flat_weights(slot_weights, x_q.shape[0], x_scale),
+        n, k_half // 4, k // 4,
+        xw.stride(0), ww.stride(0), ww.stride(1), w_scale.stride(0), w_scale.stride(1), res.stride(0), out.stride(0),
+        TOP_K=top_k, GROUP_SIZE=max(group_size, 0), HAS_RESIDUAL=residual is not None,
+        BLOCK_N=config["BLOCK_N"], BLOCK_W=_block_w(config, k_half, group_size), W_STAGES=config["W_STAGES"],
+        ASM=not interpreting(), num_warps=config["num_warps"], **pdl(x_q.device),
+    )
+    return out
+
+
+def moe_gemv_sum_config(n_tokens: int) -> dict:
+    """`w4a8_moe_gemv_sum`'s launch config: to be swept."""
+    return dict(BLOCK_N=8, BLOCK_W=32, W_STAGES=3, num_warps=2)
+
+
+def moe_gemv_sum_candidates(n_tokens: int) -> list[dict]:
+    """Configs the `moe` sweep times for `w4a8_moe_gemv_sum`, `moe_gemv_sum_config(n_tokens)` first."""
+    tiles = [(4, 32, 1), (8, 32, 1), (8, 32, 2), (16, 32, 2), (16, 32, 4), (8, 16, 1), (32, 32, 4)]
+    default = moe_gemv_sum_config(n_tokens)
+    return [default] + [config for stages in (1, 2, 3, 4) for bn, bw, warps in tiles
+                        if (config := dict(BLOCK_N=bn, BLOCK_W=bw, W_STAGES=stages, num_warps=warps)) != default]
 
 
 def moe_gemv_config(n_slots: int) -> dict:

@@ -11,7 +11,7 @@ from kernels.act_quant import per_token_quant_int8
 from kernels.moe_routing import ROUTER_MAX_TOKENS, route, topk_softmax, topk_softmax_ref
 from kernels.packing import pack_w4a8, scales_to_kernel
 from kernels.reference import quantize_weight
-from kernels.w4a8_moe import route_by_expert, sum_slots, w4a8_moe_gemm, w4a8_moe_gemv
+from kernels.w4a8_moe import route_by_expert, sum_slots, w4a8_moe_gemm, w4a8_moe_gemv, w4a8_moe_gemv_sum
 
 HAS_ROUTER_CLASSES = hasattr(qwen3_moe, "Qwen3MoeTopKRouter") and hasattr(ernie_moe, "Ernie4_5_MoeTopKRouter")
 
@@ -120,6 +120,30 @@ def test_sum_slots_adds_each_tokens_rows_as_torch_does(device):
     assert torch.equal(sum_slots(y, 8, residual), residual + got)  # the decoder layer's add, in the same launch
     with pytest.raises(ValueError, match="residual must be"):
         sum_slots(y, 8, residual[:2])
+
+
+@pytest.mark.parametrize("group_size", [64, -1])
+def test_summed_expert_gemv_gives_the_gemv_then_sum_slots_bits(device, group_size):
+    """w4a8_moe_gemv_sum (the down projection at decode, slots summed in registers) against the two
+    launches it replaces, bit for bit: per-channel and grouped scales, N = 100 (a partial tile), a
+    token routed twice to one expert, with and without the residual."""
+    torch.manual_seed(2)
+    experts, n, k, tokens, top_k = 4, 100, 128, 3, 3
+    quantized = [quantize_weight(torch.randn(n, k, device=device), group_size) for _ in range(experts)]
+    packed = torch.stack([pack_w4a8(q, group_size) for q, _ in quantized])
+    scales = torch.stack([scales_to_kernel(s) for _, s in quantized])
+    x_q, x_scale = per_token_quant_int8(torch.randn(tokens * top_k, k, device=device))
+    ids = torch.tensor([[0, 3, 1], [2, 2, 0], [1, 0, 3]], device=device, dtype=torch.int32)
+    weights = torch.rand(tokens, top_k, device=device).to(torch.bfloat16)
+    residual = (torch.randn(tokens, n, device=device) * 8).to(torch.bfloat16)
+    slots = w4a8_moe_gemv(x_q, x_scale, packed, scales, ids, group_size, 1, torch.bfloat16, weights)
+    for res in (None, residual):
+        got = w4a8_moe_gemv_sum(x_q, x_scale, packed, scales, ids, group_size, weights, torch.bfloat16, res)
+        assert torch.equal(got, sum_slots(slots, top_k, res))
+    with pytest.raises(ValueError, match="one x_q row per slot"):
+        w4a8_moe_gemv_sum(x_q[:4], x_scale[:4], packed, scales, ids, group_size, weights, torch.bfloat16)
+    with pytest.raises(ValueError, match="residual must be"):
+        w4a8_moe_gemv_sum(x_q, x_scale, packed, scales, ids, group_size, weights, torch.bfloat16, residual[:2])
 
 
 @pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])
