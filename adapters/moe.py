@@ -29,8 +29,8 @@ from kernels.act_quant import per_token_quant_int8
 from kernels.fused_act import silu_mul_quant
 from kernels.linear import W4A8Linear, attached_int8
 from kernels.moe_routing import route
-from kernels.w4a8_moe import (GEMV_MAX_SLOTS, route_by_expert, sum_slots, w4a8_moe_gemm, w4a8_moe_gemv,
-                              w4a8_moe_gemv_sum)
+from kernels.w4a8_moe import (GEMV_MAX_SLOTS, GEMV_SUM_MIN_TOKENS, route_by_expert, sum_slots, w4a8_moe_gemm,
+                              w4a8_moe_gemv, w4a8_moe_gemv_sum)
 
 
 class ExpertMLP(nn.Module):
@@ -80,17 +80,21 @@ class W4A8Experts(nn.ModuleList):
         """[T, H]: the weighted sum of each token's k expert outputs, in two grouped launches (after
         `stack()`) from the tokens' int8 quantization (x_q [T, H], x_scale [T, 1]). The router
         weights are applied in the down projection's epilogue; the k outputs are summed in slot
-        order (at decode inside the down GEMV, `w4a8_moe_gemv_sum`), and `residual` [T, H] added
-        to that sum if given."""
+        order (from GEMV_SUM_MIN_TOKENS decode tokens inside the down GEMV, `w4a8_moe_gemv_sum`), and
+        `residual` [T, H] added to that sum if given."""
         st, top_k = self.stacked, top_k_index.shape[1]
         group, down_group = self[0].gate_proj.group_size, self[0].down_proj.group_size
         if top_k_index.numel() <= GEMV_MAX_SLOTS and x_q.shape[1] % 4 == 0 and st["w13"].shape[1] % 8 == 0:
             h = w4a8_moe_gemv(x_q, x_scale, st["w13"], st["s13"], top_k_index, group, top_k, dtype)
-            return w4a8_moe_gemv_sum(*silu_mul_quant(h), st["w2"], st["s2"], top_k_index, down_group, top_k_weights,
-                                     dtype, residual)
-        routing = route_by_expert(top_k_index, len(self))
-        h = w4a8_moe_gemm(x_q, x_scale, st["w13"], st["s13"], routing, group, top_k, dtype)
-        y = w4a8_moe_gemm(*silu_mul_quant(h), st["w2"], st["s2"], routing, down_group, 1, dtype, top_k_weights)
+            if top_k_index.shape[0] >= GEMV_SUM_MIN_TOKENS:
+                return w4a8_moe_gemv_sum(*silu_mul_quant(h), st["w2"], st["s2"], top_k_index, down_group,
+                                         top_k_weights, dtype, residual)
+            y = w4a8_moe_gemv(*silu_mul_quant(h), st["w2"], st["s2"], top_k_index, down_group, 1, dtype,
+                              top_k_weights)
+        else:
+            routing = route_by_expert(top_k_index, len(self))
+            h = w4a8_moe_gemm(x_q, x_scale, st["w13"], st["s13"], routing, group, top_k, dtype)
+            y = w4a8_moe_gemm(*silu_mul_quant(h), st["w2"], st["s2"], routing, down_group, 1, dtype, top_k_weights)
         return sum_slots(y, top_k, residual)
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,

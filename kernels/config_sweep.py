@@ -140,5 +140,5 @@ if __name__ == "__main__":
         for slots in (8, 128):
             sweep_moe(slots, summed_only=which == "moe-sum")
     for shape in SHAPES:
-        if which == "all" or which != "moe" and (which == "decode") == (shape[0] <= 16):
+        if which == "all" or which in ("decode", "prefill") and (which == "decode") == (shape[0] <= 16):
             sweep(*shape)

@@ -151,12 +151,14 @@ def test_decode_step_attention_matches_transformers_forward(family, quant_dir, d
 
 @pytest.mark.skipif(not FUSED_EXPERTS, reason="transformers 4.x runs experts as its own per-expert modules: "
                     "no W4A8Experts to group")
-@pytest.mark.parametrize("tokens", [2, 65])  # 2 tokens: the expert GEMV; 65 (130 slots): routed tiles
+# 2 tokens: the expert GEMVs; 16: the down GEMV summing the slots; 65 (130 slots): routed tiles
+@pytest.mark.parametrize("tokens", [2, 16, 65])
 def test_grouped_experts_match_the_expert_loop(quant_dir, device, tokens):
     model = load("qwen3_moe", quant_dir("qwen3_moe"), device, fuse=False)
     experts = next(m for m in model.modules() if isinstance(m, W4A8Experts))
     k = model.config.num_experts_per_tok
-    assert (tokens * k <= w4a8_moe.GEMV_MAX_SLOTS) == (tokens == 2)
+    assert (tokens * k <= w4a8_moe.GEMV_MAX_SLOTS) == (tokens < 65)
+    assert (tokens >= w4a8_moe.GEMV_SUM_MIN_TOKENS) == (tokens >= 16)
     hidden = torch.randn(tokens, model.config.hidden_size, device=device, dtype=torch.bfloat16)
     top_k_index = torch.randint(0, len(experts), (tokens, k), device=device)
     top_k_index[0] = torch.arange(top_k_index.shape[1])  # several tokens on one expert, some experts idle
