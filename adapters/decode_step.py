@@ -7,9 +7,8 @@ Qwen3-8B W4A8 graph step spent more GPU time in them (launch latency, a few us e
 GEMMs. `enable_decode_step(attn)` gives a fused attention module (q/k/v as one FusedProjection,
 TritonRMSNorm q/k norms) a subclass whose forward takes this path for a StaticDecoder step (one
 token per row, the static cache, the `wb_decode_slot` kwarg): the fused qkv GEMM,
-`qk_norm_rope_store` (q/k norms, rotary embedding, K/V cache write), split-KV decode attention
-(for a W4A8 o_proj its second stage also quantizes o_proj's input: `decode_attention_int8`, one
-1.9 us launch fewer a layer), o_proj. It calls transformers' own forward for everything else (prefill, HF `generate`, CPU
+`qk_norm_rope_store` (q/k norms, rotary embedding, K/V cache write), split-KV decode attention,
+o_proj. It calls transformers' own forward for everything else (prefill, HF `generate`, CPU
 without the interpreter).
 
 `enable_decode_step_layer(layer)` does the same for the decoder layer around it: in a decode step
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from kernels.autotune import triton_runs_on
-from kernels.decode_attention import decode_attention, decode_attention_fits, decode_attention_int8
+from kernels.decode_attention import decode_attention, decode_attention_fits
 from kernels.linear import W4A8Linear
 from kernels.qk_rope import qk_norm_rope_store
 
@@ -52,10 +51,6 @@ class DecodeStepAttention:
         keys, values = cache.keys[self.layer_idx], cache.values[self.layer_idx]
         query = qk_norm_rope_store(qkv, self.q_norm.weight, self.k_norm.weight, self.q_norm.variance_epsilon,
                                    cos.view(b, -1), sin.view(b, -1), keys, values, slot, heads, kv_heads)
-        if isinstance(self.o_proj, W4A8Linear):  # the attention's second stage quantizes o_proj's input
-            x_q, x_scale = decode_attention_int8(query, keys, values, attention_mask, slot, self.scaling)
-            res = residual.reshape(b, -1) if residual is not None else None
-            return self.o_proj.forward_int8(x_q, x_scale, hidden_states.dtype, res).view(b, 1, -1), None
         out = decode_attention(query, keys, values, attention_mask, slot, self.scaling)
         return self.o_proj(out.view(b, 1, -1), residual), None
 

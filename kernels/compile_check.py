@@ -26,7 +26,7 @@ from triton.runtime.errors import OutOfResources
 
 from .act_quant import per_token_quant_int8
 from .compile_only import KernelBuild, compile_only
-from .decode_attention import decode_attention, decode_attention_int8
+from .decode_attention import decode_attention
 from .fused_act import rmsnorm, rmsnorm_quant, silu_mul_quant
 from .moe_routing import route, topk_softmax
 from .packing import padded_k
@@ -111,8 +111,6 @@ def sweep_attention(s: Sweep, shape: dict, b: int) -> None:
     query = torch.empty(b, hq, 1, d, dtype=torch.bfloat16)
     mask = torch.zeros(b, 1, 1, CACHE_LEN, dtype=torch.bfloat16)
     s.run(f"decode_attention B={b} L={CACHE_LEN}", lambda: decode_attention(query, keys, values, mask, slot, d ** -0.5))
-    s.run(f"decode_attention_int8 B={b} L={CACHE_LEN}",
-          lambda: decode_attention_int8(query, keys, values, mask, slot, d ** -0.5))
 
 
 def sweep_experts(s: Sweep, shape: dict, m: int, group_size: int) -> None:

@@ -23,13 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .act_quant import quantize_by
 from .autotune import interpreting
 from .pdl import pdl, pdl_enter
 
 BLOCK_N = 64  # slots per inner iteration
 MAX_SPLITS = 32  # chunks per (batch, kv head); stage 2 holds them all in registers
-TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
 @triton.jit
@@ -92,36 +90,6 @@ def _combine_kernel(part_ptr, lse_ptr, out_ptr, SPLITS: tl.constexpr, D: tl.cons
     tl.store(out_ptr + head * D + offs_d, out.to(out_ptr.dtype.element_ty))
 
 
-@triton.jit
-def _combine_quant_kernel(part_ptr, lse_ptr, slot_ptr, xq_ptr, xs_ptr, chunk,
-                          HQ: tl.constexpr, HQ_PAD: tl.constexpr, SPLITS: tl.constexpr, D: tl.constexpr,
-                          OUT_DTYPE: tl.constexpr, USE_PDL: tl.constexpr = False):
-    """Stage 2 for a whole row (all heads of one token) and o_proj's per-token int8 quantization of
-    its output: one program per row, the chunks added one after another (only those holding
-    slots), the row's [Hq * D] output rounded to OUT_DTYPE as stage 2 stores it, then quantized
-    as per_token_quant_int8 quantizes it. The row's output never reaches memory in OUT_DTYPE."""
-    pdl_enter(USE_PDL)
-    b = tl.program_id(0)
-    heads = tl.arange(0, HQ_PAD)
-    live_head = heads < HQ
-    offs_s = tl.arange(0, SPLITS)
-    offs_d = tl.arange(0, D)
-    row = b * HQ + heads  # flat (batch, q head)
-    lse = tl.load(lse_ptr + row[:, None] * SPLITS + offs_s[None, :], mask=live_head[:, None], other=0.0)
-    weight = tl.exp(lse - tl.max(lse, axis=1)[:, None])  # [HQ_PAD, SPLITS]; empty chunks: lse -inf, weight 0
-    acc = tl.zeros((HQ_PAD, D), tl.float32)
-    for s in range(0, tl.cdiv(tl.load(slot_ptr) + 1, chunk)):  # chunks past the slot hold nothing
-        w = tl.sum(tl.where(offs_s[None, :] == s, weight, 0.0), axis=1)
-        part = tl.load(part_ptr + (row[:, None] * SPLITS + s) * D + offs_d[None, :], mask=live_head[:, None],
-                       other=0.0)
-        acc += w[:, None] * part
-    out = (acc / tl.sum(weight, axis=1)[:, None]).to(OUT_DTYPE).to(tl.float32)
-    scale = tl.math.div_rn(tl.max(tl.max(tl.abs(out), axis=1), axis=0), 127.0)  # as quantize_rows
-    q = quantize_by(out, scale)
-    tl.store(xq_ptr + b * HQ * D + heads[:, None] * D + offs_d[None, :], q, mask=live_head[:, None])
-    tl.store(xs_ptr + b, scale)
-
-
 def split_plan(length: int) -> tuple[int, int]:
     """(chunk, splits): chunks of whole BLOCK_N blocks, at most MAX_SPLITS, a power of two of
     them (stage 2's tl.arange); L = 768 gives 16 chunks of 64 slots."""
@@ -146,34 +114,6 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     broadcastable to [B, L] with unit stride over L; slot: device int64 scalar, the slot the
     current token's K/V were written to. Returns [B, 1, Hq, D] in query's dtype (the layout HF
     attention functions return)."""
-    part, lse, chunk = _split_chunks(query, key, value, key_mask, slot, scale)
-    b, hq, _, d = query.shape
-    out = torch.empty((b, 1, hq, d), dtype=query.dtype, device=query.device)
-    _combine_kernel[(b * hq,)](part, lse, out, SPLITS=lse.shape[1], D=d, **pdl(query.device))
-    return out
-
-
-def decode_attention_int8(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor,
-                          slot: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`per_token_quant_int8(decode_attention(...).view(B, Hq * D))`, the second stage and the
-    quantization in one launch (o_proj's input at decode): x_q int8 [B, Hq * D], x_scale fp32
-    [B, 1]. The first stage is `decode_attention`'s; the chunks are added in order rather than
-    as one tree, so the values agree with `decode_attention`'s to fp32 rounding, not bit for bit."""
-    part, lse, chunk = _split_chunks(query, key, value, key_mask, slot, scale)
-    b, hq, _, d = query.shape
-    x_q = torch.empty((b, hq * d), dtype=torch.int8, device=query.device)
-    x_scale = torch.empty((b, 1), dtype=torch.float32, device=query.device)
-    hq_pad = triton.next_power_of_2(hq)
-    _combine_quant_kernel[(b,)](part, lse, slot, x_q, x_scale, chunk, HQ=hq, HQ_PAD=hq_pad, SPLITS=lse.shape[1],
-                                D=d, OUT_DTYPE=TL_DTYPES[query.dtype], num_warps=min(16, max(4, hq_pad * d // 1024)),
-                                **pdl(query.device))
-    return x_q, x_scale
-
-
-def _split_chunks(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor,
-                  slot: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stage 1: each chunk's normalized output [B * Hq, splits, D] and log-sum-exp [B * Hq, splits]
-    (fp32), and the chunk length."""
     b, hq, t, d = query.shape
     hkv, length = key.shape[1], key.shape[2]
     if not decode_attention_fits(query, key):
@@ -186,6 +126,7 @@ def _split_chunks(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k
         mask = mask.contiguous()
     part = torch.empty((b * hq, splits, d), dtype=torch.float32, device=query.device)
     lse = torch.empty((b * hq, splits), dtype=torch.float32, device=query.device)
+    out = torch.empty((b, 1, hq, d), dtype=query.dtype, device=query.device)
     _split_kernel[(b, hkv, splits)](
         query, key, value, mask, slot, part, lse,
         chunk, scale,
@@ -194,4 +135,5 @@ def _split_chunks(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k
         G=g, G_PAD=max(16, triton.next_power_of_2(g)), D=d, SPLITS=splits, BLOCK=BLOCK_N,
         UPCAST=interpreting(), **pdl(query.device),
     )
-    return part, lse, chunk
+    _combine_kernel[(b * hq,)](part, lse, out, SPLITS=splits, D=d, **pdl(query.device))
+    return out

@@ -109,8 +109,8 @@ def test_decode_kernels_do_not_spill(sweeps):
 PDL_KERNELS = {"_w4a8_gemv_kernel", "_w4a8_gemm_kernel", "_split_k_reduce_kernel", "_per_token_quant_int8_kernel",
                "_rmsnorm_quant_kernel", "_silu_mul_quant_kernel", "_silu_mul_absmax_kernel",
                "_silu_mul_quant_split_kernel", "_qk_norm_rope_kernel", "_split_kernel", "_combine_kernel",
-               "_combine_quant_kernel", "_router_partial_kernel", "_topk_softmax_kernel", "_w4a8_moe_gemv_kernel",
-               "_w4a8_moe_gemv_sum_kernel", "_sum_slots_kernel"}
+               "_router_partial_kernel", "_topk_softmax_kernel", "_w4a8_moe_gemv_kernel", "_w4a8_moe_gemv_sum_kernel",
+               "_sum_slots_kernel"}
 
 
 def test_decode_kernels_wait_for_the_kernel_before_they_touch_memory(sweeps):
