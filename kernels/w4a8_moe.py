@@ -22,7 +22,9 @@ searchsorted, an index write), launch latency that buys nothing when 8 slots mee
 (Qwen3-30B-A3B at batch 1: 48 layers); an expert that two slots share is read twice, from L2.
 
 Both kernels take the router's weights (`slot_weights`) for the down projection and apply them
-in the epilogue (`weigh_slot`); `sum_slots` then adds each token's k rows in one launch.
+in the epilogue (`weigh_slot`); `sum_slots` then adds each token's k rows in one launch. From 16
+decode tokens `w4a8_moe_gemv_sum` does both in one: a program per (token, N tile) runs the
+token's k slots in turn and sums them in registers.
 """
 
 from dataclasses import dataclass
@@ -40,9 +42,9 @@ from .w4a8_gemv import gemv_tile, word_view
 # up to this many (token, expert) slots `w4a8_moe_gemv` (no routing) runs instead: Qwen3-30B-A3B at
 # batch 16 (128 slots) decoded 2255 tok/s with it, 2020 with routed tiles (H200, decode_benchmark)
 GEMV_MAX_SLOTS = 128
-# from this many tokens the down GEMV sums the slots itself (`w4a8_moe_gemv_sum`): at batch 1 its
-# 256 programs, each running 8 slots in turn, took 11.6 us against 5.8 us for the GEMV (1024
-# programs) and `sum_slots`; at 16 tokens 29.3 us against 33.4 (H200, Qwen3-30B-A3B down)
+# from this many tokens the down GEMV sums the slots itself (`w4a8_moe_gemv_sum`): at batch 1, its
+# programs each running 8 slots in turn, its best config took 11.6 us against 5.8 us for the GEMV
+# (1024 programs) and `sum_slots`; at 16 tokens 29.3 us against 33.4 (H200, Qwen3-30B-A3B down)
 GEMV_SUM_MIN_TOKENS = 16
 
 
@@ -313,8 +315,8 @@ def w4a8_moe_gemv_sum(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.
 def moe_gemv_sum_config(n_tokens: int) -> dict:
     """`w4a8_moe_gemv_sum`'s launch config (`python -m kernels.config_sweep moe-sum`, H200,
     Qwen3-30B-A3B's down projection): at 16 tokens one warp a program over 8 outputs, loads not
-    pipelined, took 29.3 us against 33.4 us for the GEMV and `sum_slots`; four stages, two warps
-    or 16-32 outputs a program were 23-33% slower."""
+    pipelined, took 29.3 us against 33.4 us for the GEMV and `sum_slots`; two stages, two warps or
+    16-32 outputs a program were 23-34% slower."""
     return dict(BLOCK_N=8, BLOCK_W=32, W_STAGES=1, num_warps=1)
 
 
