@@ -33,7 +33,7 @@ from .packing import padded_k
 from .qk_rope import qk_norm_rope_store
 from .w4a8_gemm import DECODE_MAX_M, candidate_configs, decode_plan, w4a8_gemm
 from .w4a8_moe import (GEMV_MAX_SLOTS, route_by_expert, sum_slots, w4a8_moe_gemm, w4a8_moe_gemv,
-                       w4a8_moe_gemv_sum)
+                       w4a8_moe_gemv_glu, w4a8_moe_gemv_sum)
 from .w8a8_gemm import candidate_configs as w8a8_candidate_configs, w8a8_gemm
 
 # Qwen3 shapes (../shared/REFERENCE.md): hidden, q heads, kv heads, head dim, MLP width; MoE:
@@ -134,9 +134,17 @@ def sweep_experts(s: Sweep, shape: dict, m: int, group_size: int) -> None:
         if m * top_k <= GEMV_MAX_SLOTS:
             s.run(where + " gemv", lambda: w4a8_moe_gemv(x_q, x_scale, packed, scales, top, group_size, row_div,
                                                          torch.bfloat16, weights))
-            if what == "down":  # the down GEMV with the slots summed and the residual added, as decode runs it
+            if what == "gate_up":  # SiLU-mul in the epilogue, as decode runs it
+                s.run(where + " gemv glu", lambda: w4a8_moe_gemv_glu(x_q, x_scale, packed, scales, top, group_size,
+                                                                     row_div, torch.bfloat16))
+            else:  # the down GEMV on the glu GEMV's bf16 rows (quantized as loaded), slots summed or not
+                act = torch.empty(rows, k, dtype=torch.bfloat16), torch.empty(rows, k // 8, dtype=torch.float32)
+                s.run(where + " gemv bf16 in", lambda: w4a8_moe_gemv(*act, packed, scales, top, group_size, row_div,
+                                                                     torch.bfloat16, weights))
                 s.run(where + " gemv sum", lambda: w4a8_moe_gemv_sum(x_q, x_scale, packed, scales, top, group_size,
                                                                      weights, torch.bfloat16, x))
+                s.run(where + " gemv sum bf16 in", lambda: w4a8_moe_gemv_sum(*act, packed, scales, top, group_size,
+                                                                             weights, torch.bfloat16, x))
 
 
 def sweep_w8a8(s: Sweep, m: int) -> None:

@@ -1,7 +1,7 @@
 """Config sweep for the W4A8 GEMM: every candidate launch config, then warp/stage variants of
 the three fastest, timed on the GPU and checked against the reference.
 
-    python -m kernels.config_sweep [decode|prefill|all|moe|moe-sum]
+    python -m kernels.config_sweep [decode|prefill|all|moe|moe-sum|moe-glu]
 
 Prints, per shape, the bf16 time and the six fastest configs. This is the evidence behind the
 candidate lists in `w4a8_gemm.candidate_configs` and the "what holds the rest back" section of
@@ -11,8 +11,9 @@ the README. Times include per-token activation quantization, as `w4a8_gemm` does
 on Qwen3-30B-A3B's expert layers at 8 and 128 slots (batch 1 and 16): the evidence behind
 `moe_gemv_config` and `GEMV_MAX_SLOTS`; after the down GEMV's configs it times the down GEMV that
 sums the slots (`w4a8_moe_gemv_sum`) against the GEMV and `sum_slots` it replaces (`moe-sum`: that
-part alone). Expert ids are drawn afresh for each of 16 calls in the graph, so the weights come
-from HBM as at decode.
+part alone). `moe-glu` times the expert MLP with SiLU-mul in the gate/up GEMV's epilogue against
+the three launches it replaces (`sweep_moe_glu`). Expert ids are drawn afresh for each of 16 calls
+in the graph, so the weights come from HBM as at decode.
 """
 
 import itertools
@@ -25,8 +26,9 @@ from .autotune import graph_ms
 from .packing import pack_w4a8
 from .reference import quantize_weight, w4a8_linear_ref
 from .w4a8_gemm import _launch, candidate_configs, sm_count
-from .w4a8_moe import (moe_gemv_candidates, moe_gemv_sum_candidates, route_by_expert, sum_slots, w4a8_moe_gemm,
-                       w4a8_moe_gemv, w4a8_moe_gemv_sum)
+from .fused_act import silu_mul_quant
+from .w4a8_moe import (GEMV_SUM_MIN_TOKENS, moe_gemv_candidates, moe_gemv_sum_candidates, route_by_expert, sum_slots,
+                       w4a8_moe_gemm, w4a8_moe_gemv, w4a8_moe_gemv_glu, w4a8_moe_gemv_sum)
 
 SHAPES = [  # M, N, K, group_size: Qwen3-8B / 30B-A3B layers
     (1, 24576, 4096, 128), (4, 24576, 4096, 128), (1, 4096, 12288, 128), (16, 24576, 4096, 128),
@@ -71,15 +73,18 @@ def sweep(m: int, n: int, k: int, group_size: int) -> None:
         print(f"   {t:8.1f} us  x{t_bf16 / t:4.2f} vs bf16  rel err {err:.1e}  {cfg}", flush=True)
 
 
+def expert_weights(experts: int, n: int, k: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, s = quantize_weight(torch.randn(experts * n, k, device="cuda") / k**0.5, group_size)
+    return pack_w4a8(q, group_size).reshape(experts, n, -1), s.reshape(experts, n, -1).transpose(1, 2).contiguous()
+
+
 def sweep_moe(slots: int, experts: int = 128, hidden: int = 2048, inter: int = 768, top_k: int = 8,
               group_size: int = 128, summed_only: bool = False) -> None:
     tokens = slots // top_k
     for what, n, k, row_div in (("gate_up", 2 * inter, hidden, top_k), ("down", hidden, inter, 1)):
         if summed_only and what != "down":
             continue
-        q, s = quantize_weight(torch.randn(experts * n, k, device="cuda") / k**0.5, group_size)
-        packed = pack_w4a8(q, group_size).reshape(experts, n, -1)
-        scales = s.reshape(experts, n, -1).transpose(1, 2).contiguous()
+        packed, scales = expert_weights(experts, n, k, group_size)
         x_q, x_scale = per_token_quant_int8(torch.randn(tokens * top_k // row_div, k, device="cuda"))
         ids = [torch.stack([torch.randperm(experts, device="cuda")[:top_k] for _ in range(tokens)]).int()
                for _ in range(16)]
@@ -134,11 +139,60 @@ def sweep_moe_sum(x_q, x_scale, packed, scales, ids, weights, group_size: int, b
               flush=True)
 
 
+def sweep_moe_glu(slots: int, experts: int = 128, hidden: int = 2048, inter: int = 768, top_k: int = 8,
+                  group_size: int = 128) -> None:
+    """The expert MLP at decode as `W4A8Experts.routed` runs it, SiLU-mul in the gate/up GEMV's
+    epilogue and the down GEMV quantizing on load (`w4a8_moe_gemv_glu`), against gate/up GEMV,
+    `silu_mul_quant` and the down GEMV on int8 (summed from GEMV_SUM_MIN_TOKENS); then each of
+    the two new launches over its candidate configs, the other at its default."""
+    tokens = slots // top_k
+    w13, s13 = expert_weights(experts, 2 * inter, hidden, group_size)
+    w2, s2 = expert_weights(experts, hidden, inter, group_size)
+    x_q, x_scale = per_token_quant_int8(torch.randn(tokens, hidden, device="cuda"))
+    ids = [torch.stack([torch.randperm(experts, device="cuda")[:top_k] for _ in range(tokens)]).int()
+           for _ in range(16)]
+    weights = torch.rand(tokens, top_k, device="cuda").to(torch.bfloat16)
+    residual = torch.randn(tokens, hidden, device="cuda").to(torch.bfloat16)
+    summed = tokens >= GEMV_SUM_MIN_TOKENS
+
+    def down(act, i, cfg=None):
+        if summed:
+            return w4a8_moe_gemv_sum(*act, w2, s2, ids[i], group_size, weights, torch.bfloat16, residual, cfg)
+        return sum_slots(w4a8_moe_gemv(*act, w2, s2, ids[i], group_size, 1, torch.bfloat16, weights, cfg), top_k,
+                         residual)
+
+    def unfused(i):
+        h = w4a8_moe_gemv(x_q, x_scale, w13, s13, ids[i], group_size, top_k, torch.bfloat16)
+        return down(silu_mul_quant(h), i)
+
+    def fused(i, glu_cfg=None, down_cfg=None):
+        return down(w4a8_moe_gemv_glu(x_q, x_scale, w13, s13, ids[i], group_size, top_k, torch.bfloat16, glu_cfg),
+                    i, down_cfg)
+
+    assert torch.equal(fused(0), unfused(0))  # the same int8 values into the same down GEMV
+    t_old = graph_us([lambda i=i: unfused(i) for i in range(16)], calls=16)
+    t_new = graph_us([lambda i=i: fused(i) for i in range(16)], calls=16)
+    print(f"expert MLP, slots={slots}: gate_up GEMV + silu_mul_quant + down {t_old:.1f} us, SiLU-mul in the "
+          f"gate_up epilogue + down quantizing on load {t_new:.1f} us (x{t_old / t_new:.2f})", flush=True)
+    down_candidates = moe_gemv_sum_candidates(tokens) if summed else moe_gemv_candidates(slots)
+    for what, candidates in (("glu", moe_gemv_candidates(slots)), ("down", down_candidates)):
+        results = []
+        for cfg in candidates:
+            kw = {"glu_cfg": cfg} if what == "glu" else {"down_cfg": cfg}
+            results.append((graph_us([lambda i=i: fused(i, **kw) for i in range(16)], calls=16), cfg))
+        results.sort(key=lambda r: r[0])
+        for t, cfg in results[:4]:
+            print(f"   {what} {cfg}: {t:.1f} us", flush=True)
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     if which in ("moe", "moe-sum"):
         for slots in (8, 128):
             sweep_moe(slots, summed_only=which == "moe-sum")
+    if which == "moe-glu":
+        for slots in (8, 128):
+            sweep_moe_glu(slots)
     for shape in SHAPES:
         if which == "all" or which in ("decode", "prefill") and (which == "decode") == (shape[0] <= 16):
             sweep(*shape)

@@ -63,10 +63,14 @@ def silu_mul(row, mask, I):
     """SiLU(gate) * up in fp32, rounded as torch's two bf16 (or fp16) steps; `row` points at
     gate, up is I elements further."""
     gate = tl.load(row, mask=mask, other=0.0)
-    up = tl.load(row + I, mask=mask, other=0.0).to(tl.float32)
-    g = gate.to(tl.float32)
-    act = round_to(g / (1.0 + tl.exp(-g)), gate.dtype)  # SiLU in fp32, rounded as torch's
-    return round_to(act * up, gate.dtype)
+    return silu_mul_values(gate.to(tl.float32), tl.load(row + I, mask=mask, other=0.0).to(tl.float32), gate.dtype)
+
+
+@triton.jit
+def silu_mul_values(gate, up, dtype: tl.constexpr):
+    """`silu_mul` of gate and up already in registers (fp32 holding `dtype` values)."""
+    act = round_to(gate / (1.0 + tl.exp(-gate)), dtype)  # SiLU in fp32, rounded as torch's
+    return round_to(act * up, dtype)
 
 
 @triton.jit

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .act_quant import quantize_by
 from .autotune import interpreting
 from .pdl import pdl, pdl_enter
 from .split_k import split_range, store_tile
@@ -54,11 +55,23 @@ def dp4a(a, b, c, ASM: tl.constexpr):
 
 
 @triton.jit
+def quantized_words(x_row, j, mask_j, scale):
+    """int32 words [BLOCK_W] of the int8 values `quantize_by(x, scale)` of the floats at x_row[4j + c]
+    (c = 0..3, byte c of word j, as x_q's words hold them); masked words are 0."""
+    c = tl.arange(0, 4)
+    x = tl.load(x_row + j[:, None] * 4 + c[None, :], mask=mask_j[:, None], other=0.0).to(tl.float32)
+    q = quantize_by(x, scale).to(tl.int32) & 0xFF
+    return tl.sum(q << (c * 8)[None, :], axis=1)  # disjoint bytes: the sum is their OR
+
+
+@triton.jit
 def gemv_tile(x_ptr, stride_xm, M, w_row, ws_n, stride_sg, mask_n, W_HALF, X_WORDS, it_start, it_end,
               GROUP_SIZE: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
-              ASM: tl.constexpr, W_STAGES: tl.constexpr):
+              ASM: tl.constexpr, W_STAGES: tl.constexpr, x_scales=None, X_FLOAT: tl.constexpr = False):
     """acc [BLOCK_N, ROWS] fp32 = 16 * W . x^T over the K steps [it_start, it_end), weight scales
-    applied, activation scales not. x_ptr: int32 words of x_q's row 0 (rows >= M read as 0);
+    applied, activation scales not. x_ptr: int32 words of x_q's row 0 (rows >= M read as 0), or
+    with X_FLOAT the float row 0 itself, quantized as it loads by `x_scales` ([ROWS] or a scalar:
+    each row's int8 scale, computed beforehand) to the words per_token_quant_int8 would give;
     w_row: word pointers of the tile's packed weight rows [BLOCK_N, 1]; ws_n: scale pointers of
     group 0 for the tile's N [BLOCK_N]. W_STAGES > 1 pipelines the loads (cp.async into shared
     memory, W_STAGES - 1 steps ahead); 1 loads each step's words in that step."""
@@ -81,8 +94,13 @@ def gemv_tile(x_ptr, stride_xm, M, w_row, ws_n, stride_sg, mask_n, W_HALF, X_WOR
         for m in tl.static_range(ROWS):
             x_row = x_ptr + m * stride_xm
             row_ok = tl.full((BLOCK_W,), m, tl.int32) < M
-            x_lo = tl.load(x_row + j, mask=(j < W_HALF) & row_ok, other=0)
-            x_hi = tl.load(x_row + W_HALF + j, mask=(W_HALF + j < X_WORDS) & row_ok, other=0)
+            if X_FLOAT:
+                scale_m = tl.sum(tl.where(rows == m, x_scales + tl.zeros((ROWS,), tl.float32), 0.0), axis=0)
+                x_lo = quantized_words(x_row, j, (j < W_HALF) & row_ok, scale_m)
+                x_hi = quantized_words(x_row + W_HALF * 4, j, (W_HALF + j < X_WORDS) & row_ok, scale_m)
+            else:
+                x_lo = tl.load(x_row + j, mask=(j < W_HALF) & row_ok, other=0)
+                x_hi = tl.load(x_row + W_HALF + j, mask=(W_HALF + j < X_WORDS) & row_ok, other=0)
             x_lo = tl.broadcast_to(x_lo[None, :], (BLOCK_N, BLOCK_W))
             x_hi = tl.broadcast_to(x_hi[None, :], (BLOCK_N, BLOCK_W))
             if GROUP_SIZE > 0:

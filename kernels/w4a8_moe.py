@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .autotune import interpreting
-from .fused_act import round_to
+from .fused_act import round_to, silu_mul_values
 from .pdl import pdl, pdl_enter
 from .w4a8_gemm import w4a8_tile
 from .w4a8_gemv import gemv_tile, word_view
@@ -183,14 +183,22 @@ def w4a8_moe_gemm(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tens
 def slot_gemv(xq_ptr, xs_ptr, w_ptr, ws_ptr, expert_ptr, slot_weights_ptr, out_ptr, slot, row, offs_n, mask_n,
               W_HALF, X_WORDS, stride_xm, stride_we, stride_wn, stride_se, stride_sg,
               GROUP_SIZE: tl.constexpr, HAS_WEIGHTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
-              ASM: tl.constexpr, W_STAGES: tl.constexpr):
+              ASM: tl.constexpr, W_STAGES: tl.constexpr, n_absmax=0, stride_xsm=0,
+              X_FLOAT: tl.constexpr = False, BLOCK_C: tl.constexpr = 1):
     """One slot's output over the tile's N: x_q's `row` times the slot's expert, in out_ptr's dtype
-    (weighted by the slot's router weight with HAS_WEIGHTS)."""
+    (weighted by the slot's router weight with HAS_WEIGHTS). With X_FLOAT, xq_ptr holds float rows
+    and xs_ptr their absmax partials ([rows, n_absmax]): the row is quantized as it loads."""
     expert = tl.load(expert_ptr + slot).to(tl.int64)
+    if X_FLOAT:
+        offs_c = tl.arange(0, BLOCK_C)
+        absmax = tl.load(xs_ptr + row * stride_xsm + offs_c, mask=offs_c < n_absmax, other=0.0)
+        x_scale = tl.math.div_rn(tl.max(absmax, axis=0), 127.0)  # quantize_rows' scale, bit for bit
+    else:
+        x_scale = tl.load(xs_ptr + row)
     acc = gemv_tile(xq_ptr + row * stride_xm, 0, 1, w_ptr + expert * stride_we + offs_n[:, None] * stride_wn,
                     ws_ptr + expert * stride_se + offs_n, stride_sg, mask_n, W_HALF, X_WORDS,
-                    0, tl.cdiv(W_HALF, BLOCK_W), GROUP_SIZE, 1, BLOCK_N, BLOCK_W, ASM, W_STAGES)
-    out = (tl.sum(acc, axis=1) * (tl.load(xs_ptr + row) * 0.0625)).to(out_ptr.dtype.element_ty)  # 16 * q nibbles
+                    0, tl.cdiv(W_HALF, BLOCK_W), GROUP_SIZE, 1, BLOCK_N, BLOCK_W, ASM, W_STAGES, x_scale, X_FLOAT)
+    out = (tl.sum(acc, axis=1) * (x_scale * 0.0625)).to(out_ptr.dtype.element_ty)  # 16 * q nibbles
     if HAS_WEIGHTS:
         out = weigh_slot(out, tl.load(slot_weights_ptr + slot))
     return out
@@ -200,14 +208,14 @@ def slot_gemv(xq_ptr, xs_ptr, w_ptr, ws_ptr, expert_ptr, slot_weights_ptr, out_p
 def _w4a8_moe_gemv_kernel(
     # pointers (xq and w as int32 words)
     xq_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, expert_ptr, slot_weights_ptr,
-    # sizes, in words (see _w4a8_gemv_kernel)
-    N, W_HALF, X_WORDS,
-    # strides (xq and w in words)
-    stride_xm, stride_we, stride_wn, stride_se, stride_sg, stride_om,
+    # sizes, in words (see _w4a8_gemv_kernel); N_ABSMAX: absmax partials per row (X_FLOAT)
+    N, W_HALF, X_WORDS, N_ABSMAX,
+    # strides (xq and w in words; xq in elements with X_FLOAT)
+    stride_xm, stride_xsm, stride_we, stride_wn, stride_se, stride_sg, stride_om,
     # meta-parameters
     ROW_DIV: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_WEIGHTS: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_W: tl.constexpr, W_STAGES: tl.constexpr, ASM: tl.constexpr,
-    USE_PDL: tl.constexpr = False,
+    BLOCK_W: tl.constexpr, W_STAGES: tl.constexpr, ASM: tl.constexpr, X_FLOAT: tl.constexpr,
+    BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     pdl_enter(USE_PDL)
     slot = tl.program_id(0)
@@ -215,22 +223,51 @@ def _w4a8_moe_gemv_kernel(
     mask_n = offs_n < N
     out = slot_gemv(xq_ptr, xs_ptr, w_ptr, ws_ptr, expert_ptr, slot_weights_ptr, out_ptr, slot, slot // ROW_DIV,
                     offs_n, mask_n, W_HALF, X_WORDS, stride_xm, stride_we, stride_wn, stride_se, stride_sg,
-                    GROUP_SIZE, HAS_WEIGHTS, BLOCK_N, BLOCK_W, ASM, W_STAGES)
+                    GROUP_SIZE, HAS_WEIGHTS, BLOCK_N, BLOCK_W, ASM, W_STAGES, N_ABSMAX, stride_xsm, X_FLOAT, BLOCK_C)
     tl.store(out_ptr + slot * stride_om + offs_n, out, mask=mask_n)
+
+
+@triton.jit
+def _w4a8_moe_gemv_glu_kernel(
+    # pointers (xq and w as int32 words)
+    xq_ptr, xs_ptr, w_ptr, ws_ptr, act_ptr, absmax_ptr, expert_ptr,
+    # sizes, in words (see _w4a8_gemv_kernel); I: outputs per slot (half of the weight rows)
+    I, W_HALF, X_WORDS,
+    # strides (xq and w in words)
+    stride_xm, stride_we, stride_wn, stride_se, stride_sg, stride_am, stride_pm,
+    # meta-parameters
+    ROW_DIV: tl.constexpr, GROUP_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+    W_STAGES: tl.constexpr, ASM: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
+):
+    pdl_enter(USE_PDL)
+    slot, tile = tl.program_id(0), tl.program_id(1)
+    pair = tl.arange(0, BLOCK_N)
+    offs_i = tile * (BLOCK_N // 2) + pair // 2
+    mask_i = offs_i < I
+    # BLOCK_N weight rows: gate row i, up row I + i, gate row i + 1, ...: both halves of an output
+    h = slot_gemv(xq_ptr, xs_ptr, w_ptr, ws_ptr, expert_ptr, xs_ptr, act_ptr, slot, slot // ROW_DIV,
+                  offs_i + (pair % 2) * I, mask_i, W_HALF, X_WORDS, stride_xm, stride_we, stride_wn, stride_se,
+                  stride_sg, GROUP_SIZE, False, BLOCK_N, BLOCK_W, ASM, W_STAGES)  # h's bf16 values
+    gate, up = tl.split(tl.reshape(h.to(tl.float32), (BLOCK_N // 2, 2)))
+    act = silu_mul_values(gate, up, act_ptr.dtype.element_ty)
+    offs_o = tile * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    tl.store(act_ptr + slot * stride_am + offs_o, act.to(act_ptr.dtype.element_ty), mask=offs_o < I)
+    tl.store(absmax_ptr + slot * stride_pm + tile, tl.max(tl.abs(act), axis=0))  # masked outputs are 0
 
 
 @triton.jit
 def _w4a8_moe_gemv_sum_kernel(
     # pointers (xq and w as int32 words)
     xq_ptr, xs_ptr, w_ptr, ws_ptr, res_ptr, out_ptr, expert_ptr, slot_weights_ptr,
-    # sizes, in words (see _w4a8_gemv_kernel)
-    N, W_HALF, X_WORDS,
-    # strides (xq and w in words)
-    stride_xm, stride_we, stride_wn, stride_se, stride_sg, stride_rm, stride_om,
+    # sizes, in words (see _w4a8_gemv_kernel); N_ABSMAX: absmax partials per row (X_FLOAT)
+    N, W_HALF, X_WORDS, N_ABSMAX,
+    # strides (xq and w in words; xq in elements with X_FLOAT)
+    stride_xm, stride_xsm, stride_we, stride_wn, stride_se, stride_sg, stride_rm, stride_om,
     # meta-parameters
     TOP_K: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_W: tl.constexpr, W_STAGES: tl.constexpr, ASM: tl.constexpr,
-    USE_PDL: tl.constexpr = False,
+    BLOCK_W: tl.constexpr, W_STAGES: tl.constexpr, ASM: tl.constexpr, X_FLOAT: tl.constexpr,
+    BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     pdl_enter(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
@@ -241,7 +278,8 @@ def _w4a8_moe_gemv_sum_kernel(
         slot = token * TOP_K + s
         acc += slot_gemv(xq_ptr, xs_ptr, w_ptr, ws_ptr, expert_ptr, slot_weights_ptr, out_ptr, slot, slot, offs_n,
                          mask_n, W_HALF, X_WORDS, stride_xm, stride_we, stride_wn, stride_se, stride_sg,
-                         GROUP_SIZE, True, BLOCK_N, BLOCK_W, ASM, W_STAGES).to(tl.float32)
+                         GROUP_SIZE, True, BLOCK_N, BLOCK_W, ASM, W_STAGES, N_ABSMAX, stride_xsm, X_FLOAT,
+                         BLOCK_C).to(tl.float32)
     dtype = out_ptr.dtype.element_ty
     y = round_to(acc, dtype)
     if HAS_RESIDUAL:
@@ -254,11 +292,26 @@ def _block_w(config: dict, k_half: int, group_size: int) -> int:
     return min(config["BLOCK_W"], k_half // 4, config["BLOCK_W"] if group_size == -1 else group_size // 4)
 
 
+def _gemv_input(x_q: torch.Tensor, x_scale: torch.Tensor, name: str) -> tuple[torch.Tensor, int, dict]:
+    """(x as the kernel reads it, absmax partials per row, meta-parameters) for the expert GEMVs'
+    two kinds of input: int8 x_q [R, K] with x_scale [R, 1] (per_token_quant_int8), read as
+    words; or float rows [R, K] with x_scale their absmax partials [R, C] (`w4a8_moe_gemv_glu`),
+    quantized as they load to the int8 values per_token_quant_int8 gives them."""
+    if not x_q.is_floating_point():
+        return word_view(x_q), 1, dict(X_FLOAT=False, BLOCK_C=1)
+    if (x_q.dim() != 2 or x_q.stride(1) != 1 or x_scale.dim() != 2 or x_scale.shape[0] != x_q.shape[0]
+            or x_scale.dtype != torch.float32 or x_scale.stride(1) != 1):
+        raise ValueError(f"{name} takes float rows [R, K] (unit inner stride) with fp32 absmax partials [R, C], "
+                         f"got {x_q.dtype} {tuple(x_q.shape)} and {x_scale.dtype} {tuple(x_scale.shape)}")
+    return x_q, x_scale.shape[1], dict(X_FLOAT=True, BLOCK_C=triton.next_power_of_2(x_scale.shape[1]))
+
+
 def w4a8_moe_gemv(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
                   top_k_index: torch.Tensor, group_size: int, row_div: int, out_dtype: torch.dtype,
                   slot_weights: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
     """`w4a8_moe_gemm`'s result for few slots, without routing: out[s] = x[s // row_div] . W[e_s]^T
-    with e_s = top_k_index.flatten()[s]; x_q's K a multiple of 4 (int32 words). `config`
+    with e_s = top_k_index.flatten()[s]; x_q's K a multiple of 4 (int32 words). (x_q, x_scale) may
+    also be `w4a8_moe_gemv_glu`'s float rows and absmax partials (`_gemv_input`). `config`
     (BLOCK_N, BLOCK_W, W_STAGES, num_warps) defaults to `moe_gemv_config(slots)`."""
     e, n, k_half = packed_w.shape
     k = x_q.shape[1]
@@ -266,17 +319,48 @@ def w4a8_moe_gemv(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tens
     out = torch.empty((experts.numel(), n), dtype=out_dtype, device=x_q.device)
     if experts.numel() == 0:
         return out
-    xw, ww = word_view(x_q), packed_w.view(torch.int32)
+    (xw, n_absmax, x_meta), ww = _gemv_input(x_q, x_scale, "w4a8_moe_gemv"), packed_w.view(torch.int32)
     config = config or moe_gemv_config(experts.numel())
     _w4a8_moe_gemv_kernel[(experts.numel(), triton.cdiv(n, config["BLOCK_N"]))](
         xw, x_scale, ww, w_scale, out, experts, _flat_weights(slot_weights, experts.numel(), x_scale),
-        n, k_half // 4, k // 4,
-        xw.stride(0), ww.stride(0), ww.stride(1), w_scale.stride(0), w_scale.stride(1), out.stride(0),
-        ROW_DIV=row_div, GROUP_SIZE=max(group_size, 0), HAS_WEIGHTS=slot_weights is not None,
+        n, k_half // 4, k // 4, n_absmax,
+        xw.stride(0), x_scale.stride(0), ww.stride(0), ww.stride(1), w_scale.stride(0), w_scale.stride(1),
+        out.stride(0), ROW_DIV=row_div, GROUP_SIZE=max(group_size, 0), HAS_WEIGHTS=slot_weights is not None,
         BLOCK_N=config["BLOCK_N"], BLOCK_W=_block_w(config, k_half, group_size), W_STAGES=config["W_STAGES"],
-        ASM=not interpreting(), num_warps=config["num_warps"], **pdl(x_q.device),
+        ASM=not interpreting(), num_warps=config["num_warps"], **x_meta, **pdl(x_q.device),
     )
     return out
+
+
+def w4a8_moe_gemv_glu(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
+                      top_k_index: torch.Tensor, group_size: int, row_div: int, out_dtype: torch.dtype,
+                      config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gate/up GEMV at decode with SiLU(gate) * up in its epilogue: packed_w's 2I rows per
+    expert are [gate | up]; each program takes BLOCK_N / 2 outputs' gate and up rows. Returns
+    (act [S, I] out_dtype, absmax [S, C] fp32: each program's max |act|), which the down GEMVs
+    (`w4a8_moe_gemv`, `w4a8_moe_gemv_sum`) quantize as they load: bit for bit
+    `silu_mul_quant(w4a8_moe_gemv(...))`'s int8 values, without its launch."""
+    e, two_i, k_half = packed_w.shape
+    k = x_q.shape[1]
+    if two_i % 2:
+        raise ValueError(f"w4a8_moe_gemv_glu takes [gate | up] weight rows, got an odd {two_i}")
+    experts = top_k_index.reshape(-1)
+    config = config or moe_gemv_config(experts.numel())
+    inter, half = two_i // 2, config["BLOCK_N"] // 2
+    act = torch.empty((experts.numel(), inter), dtype=out_dtype, device=x_q.device)
+    absmax = torch.empty((experts.numel(), triton.cdiv(inter, half)), dtype=torch.float32, device=x_q.device)
+    if experts.numel() == 0:
+        return act, absmax
+    xw, ww = word_view(x_q), packed_w.view(torch.int32)
+    _w4a8_moe_gemv_glu_kernel[absmax.shape](
+        xw, x_scale, ww, w_scale, act, absmax, experts,
+        inter, k_half // 4, k // 4,
+        xw.stride(0), ww.stride(0), ww.stride(1), w_scale.stride(0), w_scale.stride(1), act.stride(0),
+        absmax.stride(0), ROW_DIV=row_div, GROUP_SIZE=max(group_size, 0), BLOCK_N=config["BLOCK_N"],
+        BLOCK_W=_block_w(config, k_half, group_size), W_STAGES=config["W_STAGES"], ASM=not interpreting(),
+        num_warps=config["num_warps"], **pdl(x_q.device),
+    )
+    return act, absmax
 
 
 def w4a8_moe_gemv_sum(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
@@ -298,16 +382,16 @@ def w4a8_moe_gemv_sum(x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.
     out = torch.empty((n_tokens, n), dtype=out_dtype, device=x_q.device)
     if n_tokens == 0:
         return out
-    xw, ww = word_view(x_q), packed_w.view(torch.int32)
+    (xw, n_absmax, x_meta), ww = _gemv_input(x_q, x_scale, "w4a8_moe_gemv_sum"), packed_w.view(torch.int32)
     config = config or moe_gemv_sum_config(n_tokens)
     res = residual if residual is not None else out
     _w4a8_moe_gemv_sum_kernel[(n_tokens, triton.cdiv(n, config["BLOCK_N"]))](
         xw, x_scale, ww, w_scale, res, out, top_k_index.reshape(-1), _flat_weights(slot_weights, x_q.shape[0], x_scale),
-        n, k_half // 4, k // 4,
-        xw.stride(0), ww.stride(0), ww.stride(1), w_scale.stride(0), w_scale.stride(1), res.stride(0), out.stride(0),
-        TOP_K=top_k, GROUP_SIZE=max(group_size, 0), HAS_RESIDUAL=residual is not None,
+        n, k_half // 4, k // 4, n_absmax,
+        xw.stride(0), x_scale.stride(0), ww.stride(0), ww.stride(1), w_scale.stride(0), w_scale.stride(1),
+        res.stride(0), out.stride(0), TOP_K=top_k, GROUP_SIZE=max(group_size, 0), HAS_RESIDUAL=residual is not None,
         BLOCK_N=config["BLOCK_N"], BLOCK_W=_block_w(config, k_half, group_size), W_STAGES=config["W_STAGES"],
-        ASM=not interpreting(), num_warps=config["num_warps"], **pdl(x_q.device),
+        ASM=not interpreting(), num_warps=config["num_warps"], **x_meta, **pdl(x_q.device),
     )
     return out
 

@@ -83,7 +83,7 @@ def test_kernels_take_the_instructions_they_were_written_for(sweeps):
     builds = [b for s in sweeps.values() for b in s["builds"]]
     wanted = {"_w4a8_gemm_kernel": "IGMMA", "_w4a8_moe_kernel": "IGMMA",  # wgmma, int8 (W . x^T: w is A)
               "_w4a8_gemv_kernel": "IDP.4A", "_w4a8_moe_gemv_kernel": "IDP.4A",  # dp4a on packed words
-              "_w4a8_moe_gemv_sum_kernel": "IDP.4A"}
+              "_w4a8_moe_gemv_sum_kernel": "IDP.4A", "_w4a8_moe_gemv_glu_kernel": "IDP.4A"}
     for b in builds:
         op = wanted.get(b["kernel"])
         if op is not None:
@@ -110,7 +110,7 @@ PDL_KERNELS = {"_w4a8_gemv_kernel", "_w4a8_gemm_kernel", "_split_k_reduce_kernel
                "_rmsnorm_quant_kernel", "_silu_mul_quant_kernel", "_silu_mul_absmax_kernel",
                "_silu_mul_quant_split_kernel", "_qk_norm_rope_kernel", "_split_kernel", "_combine_kernel",
                "_router_partial_kernel", "_topk_softmax_kernel", "_w4a8_moe_gemv_kernel", "_w4a8_moe_gemv_sum_kernel",
-               "_sum_slots_kernel"}
+               "_w4a8_moe_gemv_glu_kernel", "_sum_slots_kernel"}
 
 
 def test_decode_kernels_wait_for_the_kernel_before_they_touch_memory(sweeps):

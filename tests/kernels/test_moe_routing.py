@@ -11,7 +11,9 @@ from kernels.act_quant import per_token_quant_int8
 from kernels.moe_routing import ROUTER_MAX_TOKENS, route, topk_softmax, topk_softmax_ref
 from kernels.packing import pack_w4a8, scales_to_kernel
 from kernels.reference import quantize_weight
-from kernels.w4a8_moe import route_by_expert, sum_slots, w4a8_moe_gemm, w4a8_moe_gemv, w4a8_moe_gemv_sum
+from kernels.fused_act import silu_mul_quant
+from kernels.w4a8_moe import (route_by_expert, sum_slots, w4a8_moe_gemm, w4a8_moe_gemv, w4a8_moe_gemv_glu,
+                              w4a8_moe_gemv_sum)
 
 HAS_ROUTER_CLASSES = hasattr(qwen3_moe, "Qwen3MoeTopKRouter") and hasattr(ernie_moe, "Ernie4_5_MoeTopKRouter")
 
@@ -144,6 +146,38 @@ def test_summed_expert_gemv_gives_the_gemv_then_sum_slots_bits(device, group_siz
         w4a8_moe_gemv_sum(x_q[:4], x_scale[:4], packed, scales, ids, group_size, weights, torch.bfloat16)
     with pytest.raises(ValueError, match="residual must be"):
         w4a8_moe_gemv_sum(x_q, x_scale, packed, scales, ids, group_size, weights, torch.bfloat16, residual[:2])
+
+
+def stacked_experts(experts: int, n: int, k: int, group_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    quantized = [quantize_weight(torch.randn(n, k, device=device), group_size) for _ in range(experts)]
+    return (torch.stack([pack_w4a8(q, group_size) for q, _ in quantized]),
+            torch.stack([scales_to_kernel(s) for _, s in quantized]))
+
+
+@pytest.mark.parametrize("group_size,inter", [(64, 128), (-1, 100)])
+def test_glu_gemv_gives_the_down_gemv_silu_mul_quant_values(device, group_size, inter):
+    """w4a8_moe_gemv_glu (gate/up GEMV, SiLU-mul in the epilogue) then the down GEMVs quantizing its
+    bf16 rows as they load, against gate/up GEMV -> silu_mul_quant -> down GEMV, bit for bit: both
+    down GEMVs, grouped and per-channel scales, I = 100 (a partial tile), a token routed twice."""
+    torch.manual_seed(3)
+    experts, hidden, tokens, top_k = 4, 64, 3, 3
+    w13, s13 = stacked_experts(experts, 2 * inter, hidden, 64 if group_size == 64 else -1, device)
+    w2, s2 = stacked_experts(experts, hidden, inter, group_size, device)
+    x_q, x_scale = per_token_quant_int8(torch.randn(tokens, hidden, device=device))
+    ids = torch.tensor([[0, 3, 1], [2, 2, 0], [1, 0, 3]], device=device, dtype=torch.int32)
+    weights = torch.rand(tokens, top_k, device=device).to(torch.bfloat16)
+    residual = (torch.randn(tokens, hidden, device=device) * 8).to(torch.bfloat16)
+    h_q, h_scale = silu_mul_quant(w4a8_moe_gemv(x_q, x_scale, w13, s13, ids, group_size, top_k, torch.bfloat16))
+    act, absmax = w4a8_moe_gemv_glu(x_q, x_scale, w13, s13, ids, group_size, top_k, torch.bfloat16)
+    q, scale = per_token_quant_int8(act)
+    assert torch.equal(q, h_q) and torch.equal(scale, h_scale)
+    assert torch.equal(absmax.amax(1, keepdim=True), act.float().abs().amax(1, keepdim=True))
+    want = w4a8_moe_gemv(h_q, h_scale, w2, s2, ids, group_size, 1, torch.bfloat16, weights)
+    assert torch.equal(w4a8_moe_gemv(act, absmax, w2, s2, ids, group_size, 1, torch.bfloat16, weights), want)
+    assert torch.equal(w4a8_moe_gemv_sum(act, absmax, w2, s2, ids, group_size, weights, torch.bfloat16, residual),
+                       sum_slots(want, top_k, residual))
+    with pytest.raises(ValueError, match="absmax partials"):
+        w4a8_moe_gemv(act, absmax[:2], w2, s2, ids, group_size, 1, torch.bfloat16, weights)
 
 
 @pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])
