@@ -24,7 +24,7 @@ from torch import nn
 
 from kernels.autotune import triton_runs_on
 from kernels.decode_attention import decode_attention, decode_attention_fits
-from kernels.linear import W4A8Linear
+from kernels.linear import W4A8Linear, attach_absmax
 from kernels.qk_rope import qk_norm_rope_store
 
 from .static_decode import DECODE_SLOT, StaticKVCache
@@ -51,8 +51,10 @@ class DecodeStepAttention:
         keys, values = cache.keys[self.layer_idx], cache.values[self.layer_idx]
         query = qk_norm_rope_store(qkv, self.q_norm.weight, self.k_norm.weight, self.q_norm.variance_epsilon,
                                    cos.view(b, -1), sin.view(b, -1), keys, values, slot, heads, kv_heads)
-        out = decode_attention(query, keys, values, attention_mask, slot, self.scaling)
-        return self.o_proj(out.view(b, 1, -1), residual), None
+        out, head_absmax = decode_attention(query, keys, values, attention_mask, slot, self.scaling, absmax=True)
+        out = out.view(b, 1, -1)
+        attach_absmax(out, head_absmax)  # o_proj's GEMV quantizes the rows as it loads them
+        return self.o_proj(out, residual), None
 
 
 class DecodeStepLayer:

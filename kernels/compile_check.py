@@ -81,8 +81,13 @@ def sweep_dense(s: Sweep, name: str, n: int, k: int, m: int, group_size: int) ->
         s.run(f"{name} M={m} g={group_size} config {i}",
               lambda: w4a8_gemm(x_q, packed, scales, group_size, x_scale=x_scale, config=config))
     if m <= DECODE_MAX_M:
+        plans = []
         s.run(f"{name} M={m} g={group_size} decode plan",
-              lambda: decode_plan(x, packed, scales, group_size, None)(x, packed, scales, None))
+              lambda: plans.append(decode_plan(x, packed, scales, group_size, None)) or plans[0](x, packed, scales, None))
+        if plans and plans[0].gemv:  # float rows quantized as they load (o_proj after decode attention)
+            absmax = torch.empty(m, k // 128, dtype=torch.float32)  # one partial per head
+            s.run(f"{name} M={m} g={group_size} decode plan, bf16 in",
+                  lambda: plans[0].quantized(x, absmax, packed, scales, None))
 
 
 def sweep_rows(s: Sweep, shape: dict, m: int) -> None:
@@ -110,7 +115,9 @@ def sweep_attention(s: Sweep, shape: dict, b: int) -> None:
           lambda: qk_norm_rope_store(qkv, norm, norm, 1e-6, cos, cos, keys, values, slot, hq, hkv))
     query = torch.empty(b, hq, 1, d, dtype=torch.bfloat16)
     mask = torch.zeros(b, 1, 1, CACHE_LEN, dtype=torch.bfloat16)
-    s.run(f"decode_attention B={b} L={CACHE_LEN}", lambda: decode_attention(query, keys, values, mask, slot, d ** -0.5))
+    for absmax in (False, True):  # with the per-head absmax o_proj's GEMV reads (the decode step)
+        s.run(f"decode_attention B={b} L={CACHE_LEN} absmax={absmax}",
+              lambda: decode_attention(query, keys, values, mask, slot, d ** -0.5, absmax))
 
 
 def sweep_experts(s: Sweep, shape: dict, m: int, group_size: int) -> None:

@@ -77,8 +77,8 @@ def _split_kernel(
 
 
 @triton.jit
-def _combine_kernel(part_ptr, lse_ptr, out_ptr, SPLITS: tl.constexpr, D: tl.constexpr,
-                    USE_PDL: tl.constexpr = False):
+def _combine_kernel(part_ptr, lse_ptr, out_ptr, absmax_ptr, SPLITS: tl.constexpr, D: tl.constexpr,
+                    ABSMAX: tl.constexpr, USE_PDL: tl.constexpr = False):
     pdl_enter(USE_PDL)
     head = tl.program_id(0)  # flat (batch, q head); out is [B, 1, Hq, D] contiguous, so also its row
     offs_s = tl.arange(0, SPLITS)
@@ -86,8 +86,10 @@ def _combine_kernel(part_ptr, lse_ptr, out_ptr, SPLITS: tl.constexpr, D: tl.cons
     lse = tl.load(lse_ptr + head * SPLITS + offs_s)
     weight = tl.exp(lse - tl.max(lse, axis=0))
     parts = tl.load(part_ptr + (head * SPLITS + offs_s)[:, None] * D + offs_d[None, :])
-    out = tl.sum(weight[:, None] * parts, axis=0) / tl.sum(weight, axis=0)
-    tl.store(out_ptr + head * D + offs_d, out.to(out_ptr.dtype.element_ty))
+    out = (tl.sum(weight[:, None] * parts, axis=0) / tl.sum(weight, axis=0)).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + head * D + offs_d, out)
+    if ABSMAX:  # the head's share of its row's int8 scale, for o_proj's GEMV (attach_absmax)
+        tl.store(absmax_ptr + head, tl.max(tl.abs(out.to(tl.float32)), axis=0))
 
 
 def split_plan(length: int) -> tuple[int, int]:
@@ -107,13 +109,14 @@ def decode_attention_fits(query: torch.Tensor, key: torch.Tensor) -> bool:
 
 
 def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor,
-                     slot: torch.Tensor, scale: float) -> torch.Tensor:
+                     slot: torch.Tensor, scale: float, absmax: bool = False):
     """Attention of one new token per row over cache slots [0, slot].
 
     query [B, Hq, 1, D]; key, value [B, Hkv, L, D] (last dim contiguous); key_mask additive,
     broadcastable to [B, L] with unit stride over L; slot: device int64 scalar, the slot the
     current token's K/V were written to. Returns [B, 1, Hq, D] in query's dtype (the layout HF
-    attention functions return)."""
+    attention functions return); with `absmax`, also each head's max |output| (fp32 [B, Hq]): the
+    absmax partials of the rows o_proj reads (`linear.attach_absmax`)."""
     b, hq, t, d = query.shape
     hkv, length = key.shape[1], key.shape[2]
     if not decode_attention_fits(query, key):
@@ -135,5 +138,6 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         G=g, G_PAD=max(16, triton.next_power_of_2(g)), D=d, SPLITS=splits, BLOCK=BLOCK_N,
         UPCAST=interpreting(), **pdl(query.device),
     )
-    _combine_kernel[(b * hq,)](part, lse, out, SPLITS=splits, D=d, **pdl(query.device))
-    return out
+    head_absmax = torch.empty((b, hq) if absmax else (0,), dtype=torch.float32, device=query.device)
+    _combine_kernel[(b * hq,)](part, lse, out, head_absmax, SPLITS=splits, D=d, ABSMAX=absmax, **pdl(query.device))
+    return (out, head_absmax) if absmax else out

@@ -33,8 +33,15 @@ def attach_int8(x: torch.Tensor, x_q: torch.Tensor, x_scale: torch.Tensor) -> No
     setattr(x, INT8_ATTR, (x._version, x_q, x_scale))
 
 
+def attach_absmax(x: torch.Tensor, absmax: torch.Tensor) -> None:
+    """Attach the absmax partials of x's rows (fp32 [M, C], their max is the row's max |x|): the
+    next W4A8Linear's decode GEMV quantizes x as it loads it, without a quantization launch."""
+    attach_int8(x, x.reshape(-1, x.shape[-1]), absmax)
+
+
 def attached_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(x_q, x_scale) attached to x by attach_int8, if x has not changed in place since."""
+    """(x_q, x_scale) attached to x by attach_int8 (or (x, absmax) by attach_absmax), if x has not
+    changed in place since."""
     found = getattr(x, INT8_ATTR, None)
     return found[1:] if found is not None and found[0] == x._version else None
 
@@ -172,7 +179,16 @@ class W4A8Linear(nn.Module):
     def forward_int8(self, x_q: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype,
                      residual: torch.Tensor | None = None) -> torch.Tensor:
         """y [M, N] out_dtype (+ residual [M, N]) for an input already quantized per token: x_q
-        int8 [M, K], x_scale [M, 1]."""
+        int8 [M, K], x_scale [M, 1]; or float rows x_q [M, K] with their absmax partials x_scale
+        [M, C] (attach_absmax), which a decode GEMV plan quantizes as it loads them."""
+        if x_q.is_floating_point():
+            m = x_q.shape[0]
+            if (self._triton_runs_here(x_q) and self.zeros is None and 0 < m <= DECODE_MAX_M
+                    and x_scale.is_contiguous()):
+                plan = self._plan(m, out_dtype, lambda: x_q)
+                if plan.gemv and plan.accepts(x_q) and (residual is None or plan.accepts_residual(residual)):
+                    return plan.quantized(x_q, x_scale, self.qweight, self.scales, self.bias, residual)
+            x_q, x_scale = (per_token_quant_int8 if self.use_triton else per_token_quant_int8_ref)(x_q)
         if not self._triton_runs_here(x_q):
             return _add(residual, w4a8_linear_torch(x_q.to(torch.float32) * x_scale, self.qweight, self.scales,
                                                     self.in_features, self.bias, self.zeros).to(out_dtype))

@@ -312,9 +312,11 @@ class DecodePlan:
         # is a constexpr of the kernel
         if self.gemv:
             self.grid = gemv_grid(n, config)
-            self.gemm = [Launcher(_w4a8_gemv_kernel, GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None,
-                                  HAS_RESIDUAL=res and self.split == 1, ASM=not interpreting(), **config, **launch)
-                         for res in (False, True)]
+            self.gemv_meta = dict(GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None, ASM=not interpreting(),
+                                  **config, **launch)
+            self.gemm = [Launcher(_w4a8_gemv_kernel, HAS_RESIDUAL=res and self.split == 1, X_FLOAT=False, N_ABSMAX=1,
+                                  BLOCK_C=1, **self.gemv_meta) for res in (False, True)]
+            self.float_gemv: dict[tuple[bool, int], Launcher] = {}  # (residual, absmax partials) -> launcher
         else:
             self.grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), self.split, 1)
             self.gemm = [Launcher(_w4a8_gemm_kernel, GROUP_SIZE=max(group_size, 0), HAS_BIAS=bias is not None,
@@ -344,8 +346,10 @@ class DecodePlan:
 
     def quantized(self, x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
                   bias: torch.Tensor | None, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """The GEMM (and reduction) for x_q int8 [m, k] contiguous, x_scale fp32 [m, 1]; `residual`
-        [m, n] in the plan's dtype, contiguous (`accepts_residual`), is added to the result."""
+        """The GEMM (and reduction) for x_q int8 [m, k] contiguous, x_scale fp32 [m, 1] (or, on a
+        GEMV plan, float rows [m, k] accepted by `accepts` with their absmax partials [m, C]
+        contiguous: quantized as the GEMV loads them); `residual` [m, n] in the plan's dtype,
+        contiguous (`accepts_residual`), is added to the result."""
         m, n, k, dev = self.m, self.n, self.k, self.device
         out = torch.empty((m, n), dtype=self.x_dtype, device=dev)
         target = out if self.split == 1 else torch.empty((self.split, m, n), dtype=torch.float32, device=dev)
@@ -354,7 +358,16 @@ class DecodePlan:
         res = residual is not None
         tile_res = residual if res and self.split == 1 else target
         sw0, sw1, ss0, ss1 = self.w_strides
-        if self.gemv:  # the int32-word views launch_gemv passes
+        if self.gemv and x_q.is_floating_point():
+            c = x_scale.shape[1]
+            gemv = self.float_gemv.get((res, c))
+            if gemv is None:
+                gemv = self.float_gemv[(res, c)] = Launcher(
+                    _w4a8_gemv_kernel, HAS_RESIDUAL=res and self.split == 1, X_FLOAT=True, N_ABSMAX=c,
+                    BLOCK_C=triton.next_power_of_2(c), **self.gemv_meta)
+            gemv(self.grid, x_q, x_scale, packed_w.view(torch.int32), w_scale, bias_arg, tile_res, target,
+                 m, n, self.k_half // 4, k // 4, k, c, sw0 // 4, ss0, ss1, stride_os, n, n)
+        elif self.gemv:  # the int32-word views launch_gemv passes
             self.gemm[res](self.grid, x_q.view(torch.int32), x_scale, packed_w.view(torch.int32), w_scale, bias_arg,
                            tile_res, target, m, n, self.k_half // 4, k // 4, k // 4, 1, sw0 // 4, ss0, ss1,
                            stride_os, n, n)

@@ -128,6 +128,9 @@ def _w4a8_gemv_kernel(
     # meta-parameters
     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr,
     W_STAGES: tl.constexpr, ASM: tl.constexpr,
+    # X_FLOAT: xq_ptr holds float rows (stride_xm in elements) and xs_ptr N_ABSMAX absmax partials
+    # per row, quantized as they load (see gemv_tile)
+    X_FLOAT: tl.constexpr = False, N_ABSMAX: tl.constexpr = 1, BLOCK_C: tl.constexpr = 1,
     USE_PDL: tl.constexpr = False,
 ):
     pdl_enter(USE_PDL)
@@ -135,13 +138,20 @@ def _w4a8_gemv_kernel(
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
+    rows = tl.arange(0, ROWS)
+    mask_m = rows < M
+    x_scale = tl.zeros((ROWS,), tl.float32)
+    if X_FLOAT:
+        offs_c = tl.arange(0, BLOCK_C)
+        absmax = tl.load(xs_ptr + rows[:, None] * stride_xsm + offs_c[None, :],
+                         mask=mask_m[:, None] & (offs_c[None, :] < N_ABSMAX), other=0.0)
+        x_scale = tl.math.div_rn(tl.max(absmax, axis=1), 127.0)  # quantize_rows' scale, bit for bit
     it_start, it_end = split_range(tl.cdiv(W_HALF, BLOCK_W), SPLIT_K)
     acc = gemv_tile(xq_ptr, stride_xm, M, w_ptr + offs_n[:, None] * stride_wn, ws_ptr + offs_n * stride_sn,
                     stride_sg, mask_n, W_HALF, X_WORDS, it_start, it_end, GROUP_SIZE, ROWS, BLOCK_N, BLOCK_W, ASM,
-                    W_STAGES)
-    rows = tl.arange(0, ROWS)
-    mask_m = rows < M
-    x_scale = tl.load(xs_ptr + rows * stride_xsm, mask=mask_m, other=0.0)
+                    W_STAGES, x_scale, X_FLOAT)
+    if not X_FLOAT:  # loaded after the loop: held through it, it made M = 4 spill (sm_90a build)
+        x_scale = tl.load(xs_ptr + rows * stride_xsm, mask=mask_m, other=0.0)
     out = acc * (x_scale * 0.0625)[None, :]  # 0.0625: the nibbles were read as 16 * q
     out_ptrs = out_ptr + pid_k * stride_os + rows[None, :] * stride_om + offs_n[:, None]
     res_ptrs = res_ptr + rows[None, :] * stride_rm + offs_n[:, None]

@@ -30,7 +30,9 @@ def test_matches_sdpa_and_reads_only_filled_slots(device, hq, hkv, d, length, sl
     if slot >= 8:
         key_mask[1, ..., :7] = torch.finfo(dtype).min  # row 1: a left-padded prompt
     scale = d ** -0.5
-    got = decode_attention(query, key, value, key_mask, torch.tensor(slot, device=device), scale)
+    got, head_absmax = decode_attention(query, key, value, key_mask, torch.tensor(slot, device=device), scale,
+                                        absmax=True)
+    assert torch.equal(head_absmax, got.float().abs().amax(-1).reshape(b, hq))  # o_proj's absmax partials
     want = sdpa_reference(query, key, value, key_mask, slot, scale)
     assert got.shape == (b, 1, hq, d) and got.dtype == dtype
     assert torch.isfinite(got).all()

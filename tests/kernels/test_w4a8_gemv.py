@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernels import per_token_quant_int8, w4a8_gemm
+from kernels.linear import W4A8Linear, attach_absmax, attached_int8
 from kernels.w4a8_gemm import DecodePlan, candidate_configs, sm_count
 from kernels.w4a8_gemv import GEMV_MAX_M, is_gemv
 
@@ -84,3 +85,27 @@ def test_decode_plan_launches_the_gemv(device, m, group_size):
     assert_matches_contract(plan(x, packed, scales, bias), ref)
     x_q, x_scale = per_token_quant_int8(x)
     assert_matches_contract(plan.quantized(x_q, x_scale, packed, scales, bias), ref)
+
+
+@pytest.mark.parametrize("m,group_size", [(1, 128), (3, -1)])
+def test_gemv_quantizing_rows_as_it_loads_gives_the_int8_bits(device, m, group_size):
+    """A GEMV plan fed float rows and their absmax partials (decode attention's per-head maxima,
+    `attach_absmax`) quantizes them as it loads: the bits of the int8 path, split-K or not, with
+    the residual added or not, for 3 uneven partials (a non-power-of-two count); and W4A8Linear
+    takes the attached partials."""
+    x, packed, scales, bias, _ = make_problem(m, 96, 512, group_size, torch.bfloat16, device, bias=True)
+    absmax = torch.stack([part.float().abs().amax(1) for part in x.tensor_split([100, 300], dim=1)], dim=1)
+    residual = (torch.randn(m, 96, device=device) * 8).to(torch.bfloat16)
+    x_q, x_scale = per_token_quant_int8(x)
+    configs = gemv_configs_for(m, 96, 512, group_size, device)
+    for config in {c["SPLIT_K"] > 1: c for c in configs}.values():
+        plan = DecodePlan(m, 512, torch.bfloat16, packed, scales, bias, group_size, config)
+        for res in (None, residual):
+            want = plan.quantized(x_q, x_scale, packed, scales, bias, res)
+            assert torch.equal(plan.quantized(x, absmax.contiguous(), packed, scales, bias, res), want)
+    layer = W4A8Linear(512, 96, group_size, bias=True, device=device)
+    layer.qweight.copy_(packed), layer.scales.copy_(scales), layer.bias.copy_(bias)
+    rows = x.clone().view(m, 1, 512)
+    attach_absmax(rows, absmax)
+    assert attached_int8(rows)[1] is absmax
+    assert torch.equal(layer(rows), layer(x).view(m, 1, 96))
