@@ -30,8 +30,9 @@ from torch import nn
 from transformers import activations
 
 from kernels.autotune import triton_runs_on
-from kernels.fused_act import rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_quant
+from kernels.fused_act import rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_absmax, silu_mul_quant
 from kernels.linear import W4A8Linear, attach_int8
+from kernels.w4a8_gemv import GEMV_MAX_M
 
 from .decode_step import enable_decode_step, enable_decode_step_layer
 from .moe import FusedSparseMoE, W4A8Experts
@@ -94,7 +95,9 @@ class ProjectionSlice(nn.Module):
 
 
 class FusedMLP(nn.Module):
-    """down(SiLU(gate(x)) * up(x)) as gate_up GEMM -> silu_mul_quant -> down GEMM on int8."""
+    """down(SiLU(gate(x)) * up(x)) as gate_up GEMM -> silu_mul_quant -> down GEMM on int8; for
+    1-4 rows gate_up GEMM -> silu_mul_absmax -> the down GEMV quantizing as it loads (one launch
+    fewer where silu_mul_quant splits a wide row in two)."""
 
     def __init__(self, gate_up: W4A8Linear, down: W4A8Linear):
         super().__init__()
@@ -105,8 +108,9 @@ class FusedMLP(nn.Module):
         h = self.gate_up(x)
         h2 = h.reshape(-1, h.shape[-1])
         res2 = residual.reshape(h2.shape[0], -1) if residual is not None else None
-        if triton_runs_on(h):
-            y = self.down.forward_int8(*silu_mul_quant(h2), x.dtype, res2)
+        if triton_runs_on(h):  # decode rows: the down GEMV quantizes SiLU-mul's rows as it loads them
+            act = silu_mul_absmax(h2) if h2.shape[0] <= GEMV_MAX_M else silu_mul_quant(h2)
+            y = self.down.forward_int8(*act, x.dtype, res2)
         else:
             gate, up = h2.chunk(2, dim=-1)
             y = self.down(nn.functional.silu(gate) * up, res2)
