@@ -46,7 +46,7 @@ class DecodeStepAttention:
         b = hidden_states.shape[0]
         config = self.config
         heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-        qkv = self.qkv.linear(hidden_states).view(b, -1)
+        qkv = self.qkv.linear(hidden_states, partials=True)  # split-K partials: qk_norm_rope_store sums them
         cos, sin = position_embeddings
         keys, values = cache.keys[self.layer_idx], cache.values[self.layer_idx]
         query = qk_norm_rope_store(qkv, self.q_norm.weight, self.k_norm.weight, self.q_norm.variance_epsilon,

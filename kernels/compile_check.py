@@ -114,6 +114,9 @@ def sweep_attention(s: Sweep, shape: dict, b: int) -> None:
     cos = torch.empty(b, d, dtype=torch.bfloat16)
     s.run(f"qk_norm_rope_store B={b}",
           lambda: qk_norm_rope_store(qkv, norm, norm, 1e-6, cos, cos, keys, values, slot, hq, hkv))
+    parts = torch.empty(4, *qkv.shape, dtype=torch.float32)  # the qkv GEMV's split-K partials, summed on load
+    s.run(f"qk_norm_rope_store B={b} split-K partials",
+          lambda: qk_norm_rope_store(parts, norm, norm, 1e-6, cos, cos, keys, values, slot, hq, hkv))
     query = torch.empty(b, hq, 1, d, dtype=torch.bfloat16)
     mask = torch.zeros(b, 1, 1, CACHE_LEN, dtype=torch.bfloat16)
     for absmax in (False, True):  # with the per-head absmax o_proj's GEMV reads (the decode step)

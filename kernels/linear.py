@@ -154,9 +154,12 @@ class W4A8Linear(nn.Module):
         self.use_triton = False  # warn once per layer
         return False
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, partials: bool = False) -> torch.Tensor:
         """y = x W^T (+ bias); with `residual` (x's shape but out_features), `residual + y` as
-        torch adds it, in the decode GEMM's epilogue where the plan takes it (decode_step.py)."""
+        torch adds it, in the decode GEMM's epilogue where the plan takes it (decode_step.py).
+        `partials`: [S, M, N]: where a decode plan splits K (no bias, no residual) its fp32
+        partials unsummed, for a consumer that sums them in the reduction's order (qk_rope.py);
+        otherwise y as [1, M, N]."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"W4A8Linear expects in_features={self.in_features}, got input {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)
@@ -165,19 +168,21 @@ class W4A8Linear(nn.Module):
         if not self._triton_runs_here(x):
             y = _add(res2, w4a8_linear_torch(x2, self.qweight, self.scales, self.in_features, self.bias, self.zeros))
         elif quantized is not None:  # a fused producer already quantized x (kernels/fused_act.py)
-            y = self.forward_int8(*quantized, x.dtype, res2)
+            y = self.forward_int8(*quantized, x.dtype, res2, partials)
         elif self.zeros is None and 0 < x2.shape[0] <= DECODE_MAX_M and x2.dtype.is_floating_point:
             plan = self._plan(x2.shape[0], x2.dtype, lambda: x2)
             if plan.accepts(x2) and (res2 is None or plan.accepts_residual(res2)):
-                y = plan(x2, self.qweight, self.scales, self.bias, res2)
+                y = plan(x2, self.qweight, self.scales, self.bias, res2, partials)
             else:
                 y = _add(res2, self._gemm(x2, None, x.dtype))
         else:
             y = _add(res2, self._gemm(*per_token_quant_int8(x2), x.dtype))
+        if partials:  # [SPLIT_K, M, N] fp32, or y as [1, M, N]
+            return y if y.dim() == 3 else y.reshape(1, -1, self.out_features)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def forward_int8(self, x_q: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype,
-                     residual: torch.Tensor | None = None) -> torch.Tensor:
+                     residual: torch.Tensor | None = None, partials: bool = False) -> torch.Tensor:
         """y [M, N] out_dtype (+ residual [M, N]) for an input already quantized per token: x_q
         int8 [M, K], x_scale [M, 1]; or float rows x_q [M, K] with their absmax partials x_scale
         [M, C] (attach_absmax), which a decode GEMV plan quantizes as it loads them."""
@@ -187,7 +192,7 @@ class W4A8Linear(nn.Module):
                     and x_scale.is_contiguous()):
                 plan = self._plan(m, out_dtype, lambda: x_q)
                 if plan.gemv and plan.accepts(x_q) and (residual is None or plan.accepts_residual(residual)):
-                    return plan.quantized(x_q, x_scale, self.qweight, self.scales, self.bias, residual)
+                    return plan.quantized(x_q, x_scale, self.qweight, self.scales, self.bias, residual, partials)
             x_q, x_scale = (per_token_quant_int8 if self.use_triton else per_token_quant_int8_ref)(x_q)
         if not self._triton_runs_here(x_q):
             return _add(residual, w4a8_linear_torch(x_q.to(torch.float32) * x_scale, self.qweight, self.scales,
@@ -196,7 +201,7 @@ class W4A8Linear(nn.Module):
         if self.zeros is None and 0 < m <= DECODE_MAX_M and x_q.is_contiguous() and x_q.data_ptr() % 16 == 0:
             plan = self._plan(m, out_dtype, lambda: (x_q.to(torch.float32) * x_scale).to(out_dtype))
             if residual is None or plan.accepts_residual(residual):
-                return plan.quantized(x_q, x_scale, self.qweight, self.scales, self.bias, residual)
+                return plan.quantized(x_q, x_scale, self.qweight, self.scales, self.bias, residual, partials)
         return _add(residual, self._gemm(x_q, x_scale, out_dtype))
 
     def _gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:

@@ -16,6 +16,7 @@ import triton.language as tl
 
 from .fused_act import round_to
 from .pdl import pdl, pdl_enter
+from .split_k import load_summed
 
 
 @triton.jit
@@ -24,11 +25,11 @@ def _qk_norm_rope_kernel(
     qkv_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, slot_ptr,
     # scalars
     eps,
-    # strides
-    stride_xb, stride_cb, stride_qb, stride_qh,
+    # strides (stride_xs: between split-K partials)
+    stride_xs, stride_xb, stride_cb, stride_qb, stride_qh,
     stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     # meta-parameters
-    HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
+    HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
     pdl_enter(USE_PDL)
@@ -37,12 +38,12 @@ def _qk_norm_rope_kernel(
     offs = tl.arange(0, D)
     rot = (offs + D // 2) % D  # rotate_half(x)[i] = -x[i + D/2] (first half), x[i - D/2] (second)
     head = qkv_ptr + b * stride_xb + h * D
-    x = tl.load(head + offs).to(tl.float32)
-    x_rot = tl.load(head + rot).to(tl.float32)
+    dtype = q_ptr.dtype.element_ty
+    x = load_summed(head, offs, stride_xs, SPLITS, dtype)
+    x_rot = load_summed(head, rot, stride_xs, SPLITS, dtype)
     is_q = h < HQ
     w = tl.where(is_q, tl.load(qw_ptr + offs), tl.load(kw_ptr + offs)).to(tl.float32)
     w_rot = tl.where(is_q, tl.load(qw_ptr + rot), tl.load(kw_ptr + rot)).to(tl.float32)
-    dtype = q_ptr.dtype.element_ty
     rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / D + eps)
     y = round_to(round_to(x * rstd, dtype) * w, dtype)
     y_rot = round_to(round_to(x_rot * rstd, dtype) * w_rot, dtype)
@@ -56,17 +57,24 @@ def _qk_norm_rope_kernel(
         hk = h - HQ
         slot = tl.load(slot_ptr)
         tl.store(kc_ptr + b * stride_kb + hk * stride_kh + slot * stride_kl + offs, out)
-        v = tl.load(head + HKV * D + offs)  # v heads follow the k heads
-        tl.store(vc_ptr + b * stride_vb + hk * stride_vh + slot * stride_vl + offs, v)
+        v = load_summed(head + HKV * D, offs, stride_xs, SPLITS, dtype)  # v heads follow the k heads
+        tl.store(vc_ptr + b * stride_vb + hk * stride_vh + slot * stride_vl + offs, v.to(dtype))
 
 
 def qk_norm_rope_store(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float,
                        cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                        slot: torch.Tensor, heads: int, kv_heads: int) -> torch.Tensor:
-    """One decode token per row: qkv [B, (Hq + 2 Hkv) * D] (q heads, k heads, v heads), norm
-    weights [D], cos/sin [B, D] (the model's rotary embedding at each row's position), caches
+    """One decode token per row: qkv [B, (Hq + 2 Hkv) * D] (q heads, k heads, v heads), or
+    [S, B, (Hq + 2 Hkv) * D] as `W4A8Linear(partials=True)` gives it (S > 1: fp32 split-K
+    partials, summed here);
+    norm weights [D], cos/sin [B, D] (the model's rotary embedding at each row's position), caches
     [B, Hkv, L, D] (last dim contiguous), slot a device int64 scalar. Writes the normalized,
-    rotated key and the value at `slot`; returns the query [B, Hq, 1, D]."""
+    rotated key and the value at `slot`; returns the query [B, Hq, 1, D] in the cache's dtype."""
+    parts = qkv if qkv.dim() == 3 else qkv[None]
+    if len(parts) > 1 and (qkv.dtype != torch.float32 or qkv.stride(0) != qkv.shape[1] * qkv.stride(1)):
+        raise ValueError(f"qkv split-K partials must be fp32 [S, B, W] with contiguous partials, got {qkv.dtype} "
+                         f"{tuple(qkv.shape)} strides {qkv.stride()}")
+    qkv = parts[0]
     b, width = qkv.shape
     d = k_cache.shape[-1]
     if width != (heads + 2 * kv_heads) * d or qkv.stride(1) != 1:
@@ -75,12 +83,12 @@ def qk_norm_rope_store(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torc
     if d & (d - 1) or d % 2 or tuple(cos.shape) != (b, d) or cos.stride() != sin.stride() or cos.stride(1) != 1:
         raise ValueError(f"cos/sin must be [B, head_dim] = [{b}, {d}] (head_dim a power of two), "
                          f"got {tuple(cos.shape)}, {tuple(sin.shape)}")
-    q = torch.empty((b, heads, 1, d), dtype=qkv.dtype, device=qkv.device)
+    q = torch.empty((b, heads, 1, d), dtype=k_cache.dtype, device=qkv.device)
     _qk_norm_rope_kernel[(b, heads + kv_heads)](
         qkv, q_weight, k_weight, cos, sin, q, k_cache, v_cache, slot, eps,
-        qkv.stride(0), cos.stride(0), q.stride(0), q.stride(1),
+        parts.stride(0), qkv.stride(0), cos.stride(0), q.stride(0), q.stride(1),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
-        HQ=heads, HKV=kv_heads, D=d, **pdl(qkv.device),
+        HQ=heads, HKV=kv_heads, D=d, SPLITS=parts.shape[0], **pdl(qkv.device),
     )
     return q
 

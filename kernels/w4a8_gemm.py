@@ -336,20 +336,24 @@ class DecodePlan:
         return x.stride() == (self.k, 1) and x.data_ptr() % 16 == 0 and x.dtype == self.x_dtype
 
     def __call__(self, x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
-                 bias: torch.Tensor | None, residual: torch.Tensor | None = None) -> torch.Tensor:
+                 bias: torch.Tensor | None, residual: torch.Tensor | None = None,
+                 partials: bool = False) -> torch.Tensor:
         m, k, dev = self.m, self.k, self.device
         # the same arguments, in the same order and form, as per_token_quant_int8 and _launch pass
         x_q = torch.empty((m, k), dtype=torch.int8, device=dev)
         x_scale = torch.empty((m, 1), dtype=torch.float32, device=dev)
         self.quant(self.quant_grid, x, x_q, x_scale, m, k, k, 1, k, 1)
-        return self.quantized(x_q, x_scale, packed_w, w_scale, bias, residual)
+        return self.quantized(x_q, x_scale, packed_w, w_scale, bias, residual, partials)
 
     def quantized(self, x_q: torch.Tensor, x_scale: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor,
-                  bias: torch.Tensor | None, residual: torch.Tensor | None = None) -> torch.Tensor:
+                  bias: torch.Tensor | None, residual: torch.Tensor | None = None,
+                  partials: bool = False) -> torch.Tensor:
         """The GEMM (and reduction) for x_q int8 [m, k] contiguous, x_scale fp32 [m, 1] (or, on a
         GEMV plan, float rows [m, k] accepted by `accepts` with their absmax partials [m, C]
         contiguous: quantized as the GEMV loads them); `residual` [m, n] in the plan's dtype,
-        contiguous (`accepts_residual`), is added to the result."""
+        contiguous (`accepts_residual`), is added to the result. With `partials` (no bias, no
+        residual) a plan that splits K returns its fp32 partials [SPLIT_K, m, n] unsummed, for a
+        consumer that sums them as the reduction would (`split_k.load_summed`)."""
         m, n, k, dev = self.m, self.n, self.k, self.device
         out = torch.empty((m, n), dtype=self.x_dtype, device=dev)
         target = out if self.split == 1 else torch.empty((self.split, m, n), dtype=torch.float32, device=dev)
@@ -374,6 +378,8 @@ class DecodePlan:
         else:
             self.gemm[res](self.grid, x_q, x_scale, packed_w, w_scale, bias_arg, tile_res, target,
                            m, n, k, self.k_half, k, 1, 1, sw0, sw1, ss0, ss1, stride_os, n, 1, n)
+        if self.split > 1 and partials and bias is None and not res:
+            return target
         if self.split > 1:
             self.reduce[res](self.reduce_grid, target, bias if bias is not None else target,
                              residual if res else target, out, m, n, m * n, n, n, n, 1)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from kernels.qk_rope import qk_norm_rope_ref, qk_norm_rope_store
+from kernels.split_k import reduce_split_k
 
 
 def rotary(b, d, positions):
@@ -45,3 +46,23 @@ def test_bad_shapes_are_named(device):
         qk_norm_rope_store(qkv[:, :200], w, w, 1e-6, cos, cos, cache, cache, slot, 4, 2)
     with pytest.raises(ValueError, match=r"cos/sin must be \[B, head_dim\] = \[2, 32\]"):
         qk_norm_rope_store(qkv, w, w, 1e-6, cos[:, :16], cos[:, :16], cache, cache, slot, 4, 2)
+
+
+def test_split_k_partials_are_summed_as_the_reduction_sums_them(device):
+    """qkv given as the GEMV's fp32 split-K partials (the decode step skips the reduction's launch):
+    the same query, key and value bits as the reduced qkv."""
+    b, d, heads, kv_heads, length, slot = 2, 32, 4, 2, 8, 3
+    parts = torch.randn(3, b, (heads + 2 * kv_heads) * d, device=device) * 2
+    qkv = torch.empty(b, parts.shape[2], dtype=torch.bfloat16, device=device)
+    reduce_split_k(parts, None, qkv)
+    w = (torch.rand(d, device=device) + 0.5).to(torch.bfloat16)
+    cos, sin = (t.to(device) for t in rotary(b, d, torch.tensor([4, 9])))
+    results = []
+    for given in (qkv, parts):
+        caches = [torch.zeros(b, kv_heads, length, d, dtype=torch.bfloat16, device=device) for _ in range(2)]
+        q = qk_norm_rope_store(given, w, w, 1e-6, cos, sin, *caches, torch.tensor(slot, device=device), heads, kv_heads)
+        results.append((q, *caches))
+    assert all(torch.equal(x, y) for x, y in zip(*results))
+    with pytest.raises(ValueError, match="partials must be fp32"):
+        qk_norm_rope_store(parts.to(torch.bfloat16), w, w, 1e-6, cos, sin, *caches, torch.tensor(0, device=device),
+                           heads, kv_heads)

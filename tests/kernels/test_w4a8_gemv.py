@@ -8,6 +8,7 @@ import torch
 from kernels import per_token_quant_int8, w4a8_gemm
 from kernels.linear import W4A8Linear, attach_absmax, attached_int8
 from kernels.w4a8_gemm import DecodePlan, candidate_configs, sm_count
+from kernels.split_k import reduce_split_k
 from kernels.w4a8_gemv import GEMV_MAX_M, is_gemv
 
 from .test_w4a8_gemm import assert_matches_contract, make_problem
@@ -85,6 +86,11 @@ def test_decode_plan_launches_the_gemv(device, m, group_size):
     assert_matches_contract(plan(x, packed, scales, bias), ref)
     x_q, x_scale = per_token_quant_int8(x)
     assert_matches_contract(plan.quantized(x_q, x_scale, packed, scales, bias), ref)
+    nobias = DecodePlan(m, 512, torch.bfloat16, packed, scales, None, group_size, config)
+    parts = nobias(x, packed, scales, None, partials=True)  # unsummed, for a consumer (qk_rope.py)
+    summed = torch.empty(m, 96, dtype=torch.bfloat16, device=device)
+    reduce_split_k(parts, None, summed)
+    assert parts.shape == (config["SPLIT_K"], m, 96) and torch.equal(summed, nobias(x, packed, scales, None))
 
 
 @pytest.mark.parametrize("m,group_size", [(1, 128), (3, -1)])
