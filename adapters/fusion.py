@@ -96,8 +96,9 @@ class ProjectionSlice(nn.Module):
 
 class FusedMLP(nn.Module):
     """down(SiLU(gate(x)) * up(x)) as gate_up GEMM -> silu_mul_quant -> down GEMM on int8; for
-    1-4 rows gate_up GEMM -> silu_mul_absmax -> the down GEMV quantizing as it loads (one launch
-    fewer where silu_mul_quant splits a wide row in two)."""
+    1-4 rows gate_up GEMV (split-K partials unsummed) -> silu_mul_absmax (sums them) -> the down
+    GEMV quantizing as it loads: two launches fewer where the GEMV splits K and silu_mul_quant
+    split a wide row in two."""
 
     def __init__(self, gate_up: W4A8Linear, down: W4A8Linear):
         super().__init__()
@@ -105,12 +106,17 @@ class FusedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The MLP's output, or `residual + output` (added by the down GEMM: decode_step.py)."""
+        rows = x.numel() // x.shape[-1]
+        if triton_runs_on(x) and rows <= GEMV_MAX_M:
+            # decode rows: SiLU-mul sums gate_up's split-K partials, the down GEMV quantizes on load
+            act = silu_mul_absmax(self.gate_up(x, partials=True), x.dtype)
+            y = self.down.forward_int8(*act, x.dtype, residual.reshape(rows, -1) if residual is not None else None)
+            return y.reshape(*x.shape[:-1], y.shape[-1])
         h = self.gate_up(x)
         h2 = h.reshape(-1, h.shape[-1])
         res2 = residual.reshape(h2.shape[0], -1) if residual is not None else None
-        if triton_runs_on(h):  # decode rows: the down GEMV quantizes SiLU-mul's rows as it loads them
-            act = silu_mul_absmax(h2) if h2.shape[0] <= GEMV_MAX_M else silu_mul_quant(h2)
-            y = self.down.forward_int8(*act, x.dtype, res2)
+        if triton_runs_on(h):
+            y = self.down.forward_int8(*silu_mul_quant(h2), x.dtype, res2)
         else:
             gate, up = h2.chunk(2, dim=-1)
             y = self.down(nn.functional.silu(gate) * up, res2)

@@ -99,6 +99,8 @@ def sweep_rows(s: Sweep, shape: dict, m: int) -> None:
           lambda: rmsnorm(torch.empty(m * shape["heads"], d, dtype=torch.bfloat16), weight[:d], 1e-6))
     s.run(f"silu_mul_quant M={m} I={inter}", lambda: silu_mul_quant(torch.empty(m, 2 * inter, dtype=torch.bfloat16)))
     s.run(f"silu_mul_absmax M={m} I={inter}", lambda: silu_mul_absmax(torch.empty(m, 2 * inter, dtype=torch.bfloat16)))
+    s.run(f"silu_mul_absmax M={m} I={inter} split-K partials",
+          lambda: silu_mul_absmax(torch.empty(2, m, 2 * inter, dtype=torch.float32), torch.bfloat16))
     o_in = shape["heads"] * d
     s.run(f"per_token_quant_int8 M={m} K={o_in}",
           lambda: per_token_quant_int8(torch.empty(m, o_in, dtype=torch.bfloat16)))

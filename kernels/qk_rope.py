@@ -14,9 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_act import round_to
+from .fused_act import load_summed, round_to
 from .pdl import pdl, pdl_enter
-from .split_k import load_summed
 
 
 @triton.jit
@@ -39,8 +38,9 @@ def _qk_norm_rope_kernel(
     rot = (offs + D // 2) % D  # rotate_half(x)[i] = -x[i + D/2] (first half), x[i - D/2] (second)
     head = qkv_ptr + b * stride_xb + h * D
     dtype = q_ptr.dtype.element_ty
-    x = load_summed(head, offs, stride_xs, SPLITS, dtype)
-    x_rot = load_summed(head, rot, stride_xs, SPLITS, dtype)
+    whole = offs < D
+    x = load_summed(head, offs, whole, stride_xs, SPLITS, dtype)
+    x_rot = load_summed(head, rot, whole, stride_xs, SPLITS, dtype)
     is_q = h < HQ
     w = tl.where(is_q, tl.load(qw_ptr + offs), tl.load(kw_ptr + offs)).to(tl.float32)
     w_rot = tl.where(is_q, tl.load(qw_ptr + rot), tl.load(kw_ptr + rot)).to(tl.float32)
@@ -57,7 +57,7 @@ def _qk_norm_rope_kernel(
         hk = h - HQ
         slot = tl.load(slot_ptr)
         tl.store(kc_ptr + b * stride_kb + hk * stride_kh + slot * stride_kl + offs, out)
-        v = load_summed(head + HKV * D, offs, stride_xs, SPLITS, dtype)  # v heads follow the k heads
+        v = load_summed(head + HKV * D, offs, whole, stride_xs, SPLITS, dtype)  # v heads follow the k heads
         tl.store(vc_ptr + b * stride_vb + hk * stride_vh + slot * stride_vl + offs, v.to(dtype))
 
 

@@ -48,19 +48,6 @@ def finish(y, res_ptrs, mask, dtype: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
 
 
 @triton.jit
-def load_summed(ptr, offs, stride_s, SPLITS: tl.constexpr, dtype: tl.constexpr):
-    """fp32 values at ptr + offs of an output tensor, or with SPLITS > 1 of its split-K partials
-    (fp32, stride_s apart) summed in `_split_k_reduce_kernel`'s order and rounded to `dtype` as it
-    rounds (no bias, no residual): a consumer that sums them saves the reduction's launch."""
-    if SPLITS == 1:
-        return tl.load(ptr + offs).to(tl.float32)
-    acc = tl.zeros(offs.shape, dtype=tl.float32)
-    for s in tl.static_range(SPLITS):
-        acc += tl.load(ptr + s * stride_s + offs)
-    return acc.to(dtype).to(tl.float32)
-
-
-@triton.jit
 def _split_k_reduce_kernel(
     # pointers
     part_ptr, bias_ptr, res_ptr, out_ptr,
