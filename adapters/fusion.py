@@ -30,9 +30,8 @@ from torch import nn
 from transformers import activations
 
 from kernels.autotune import triton_runs_on
-from kernels.fused_act import rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_absmax, silu_mul_quant
+from kernels.fused_act import rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_quant
 from kernels.linear import W4A8Linear, attach_int8
-from kernels.w4a8_gemv import GEMV_MAX_M
 
 from .decode_step import enable_decode_step, enable_decode_step_layer
 from .moe import FusedSparseMoE, W4A8Experts
@@ -95,10 +94,7 @@ class ProjectionSlice(nn.Module):
 
 
 class FusedMLP(nn.Module):
-    """down(SiLU(gate(x)) * up(x)) as gate_up GEMM -> silu_mul_quant -> down GEMM on int8; for
-    1-4 rows gate_up GEMV (split-K partials unsummed) -> silu_mul_absmax (sums them) -> the down
-    GEMV quantizing as it loads: two launches fewer where the GEMV splits K and silu_mul_quant
-    split a wide row in two."""
+    """down(SiLU(gate(x)) * up(x)) as gate_up GEMM -> silu_mul_quant -> down GEMM on int8."""
 
     def __init__(self, gate_up: W4A8Linear, down: W4A8Linear):
         super().__init__()
@@ -106,12 +102,6 @@ class FusedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The MLP's output, or `residual + output` (added by the down GEMM: decode_step.py)."""
-        rows = x.numel() // x.shape[-1]
-        if triton_runs_on(x) and rows <= GEMV_MAX_M:
-            # decode rows: SiLU-mul sums gate_up's split-K partials, the down GEMV quantizes on load
-            act = silu_mul_absmax(self.gate_up(x, partials=True), x.dtype)
-            y = self.down.forward_int8(*act, x.dtype, residual.reshape(rows, -1) if residual is not None else None)
-            return y.reshape(*x.shape[:-1], y.shape[-1])
         h = self.gate_up(x)
         h2 = h.reshape(-1, h.shape[-1])
         res2 = residual.reshape(h2.shape[0], -1) if residual is not None else None

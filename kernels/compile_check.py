@@ -27,7 +27,7 @@ from triton.runtime.errors import OutOfResources
 from .act_quant import per_token_quant_int8
 from .compile_only import KernelBuild, compile_only
 from .decode_attention import decode_attention
-from .fused_act import rmsnorm, rmsnorm_quant, silu_mul_absmax, silu_mul_quant
+from .fused_act import rmsnorm, rmsnorm_quant, silu_mul_quant
 from .moe_routing import route, topk_softmax
 from .packing import padded_k
 from .qk_rope import qk_norm_rope_store
@@ -98,9 +98,6 @@ def sweep_rows(s: Sweep, shape: dict, m: int) -> None:
     s.run(f"q/k rmsnorm rows={m * shape['heads']} D={d}",
           lambda: rmsnorm(torch.empty(m * shape["heads"], d, dtype=torch.bfloat16), weight[:d], 1e-6))
     s.run(f"silu_mul_quant M={m} I={inter}", lambda: silu_mul_quant(torch.empty(m, 2 * inter, dtype=torch.bfloat16)))
-    s.run(f"silu_mul_absmax M={m} I={inter}", lambda: silu_mul_absmax(torch.empty(m, 2 * inter, dtype=torch.bfloat16)))
-    s.run(f"silu_mul_absmax M={m} I={inter} split-K partials",
-          lambda: silu_mul_absmax(torch.empty(2, m, 2 * inter, dtype=torch.float32), torch.bfloat16))
     o_in = shape["heads"] * d
     s.run(f"per_token_quant_int8 M={m} K={o_in}",
           lambda: per_token_quant_int8(torch.empty(m, o_in, dtype=torch.bfloat16)))

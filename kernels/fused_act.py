@@ -5,8 +5,7 @@
   the same without the quantization;
 - `silu_mul_quant(h)`: for h = [gate | up] (the fused gate/up GEMM's output), the int8
   quantization of SiLU(gate) * up, the down projection's input, which never reaches memory in
-  high precision; `silu_mul_absmax(h)`, for a decode GEMV that quantizes on load: the product and
-  its absmax per chunk, in one launch.
+  high precision.
 
 Rounding follows the unfused path step by step, so that the int8 values are the same: HF
 rounds the normalized x to the model dtype before multiplying by the weight, and rounds SiLU's
@@ -106,25 +105,14 @@ def _silu_mul_quant_kernel(
 
 
 @triton.jit
-def _silu_mul_absmax_kernel(h_ptr, partial_ptr, act_ptr, I, stride_hs, stride_hm, stride_am, CHUNK: tl.constexpr,
-                            BLOCK_C: tl.constexpr, STORE_ACT: tl.constexpr, SPLITS: tl.constexpr = 1,
+def _silu_mul_absmax_kernel(h_ptr, partial_ptr, I, stride_hm, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
                             USE_PDL: tl.constexpr = False):
-    """Split rows, pass 1: program (row, chunk) writes its chunk's absmax of SiLU(gate) * up (and
-    with STORE_ACT the product itself, for a GEMV that quantizes on load: `silu_mul_absmax`, where
-    h may also be the gate/up GEMV's SPLITS split-K partials, summed here)."""
+    """Split rows, pass 1: program (row, chunk) writes its chunk's absmax of SiLU(gate) * up."""
     pdl_enter(USE_PDL)
     row, chunk = tl.program_id(0), tl.program_id(1)
     offs_k = chunk * CHUNK + tl.arange(0, CHUNK)
-    if SPLITS == 1:
-        prod = silu_mul(h_ptr + row * stride_hm + offs_k, offs_k < I, I)
-    else:
-        dtype = act_ptr.dtype.element_ty
-        gate = load_summed(h_ptr + row * stride_hm, offs_k, offs_k < I, stride_hs, SPLITS, dtype)
-        up = load_summed(h_ptr + row * stride_hm + I, offs_k, offs_k < I, stride_hs, SPLITS, dtype)
-        prod = silu_mul_values(gate, up, dtype)
+    prod = silu_mul(h_ptr + row * stride_hm + offs_k, offs_k < I, I)
     tl.store(partial_ptr + row * BLOCK_C + chunk, tl.max(tl.abs(prod), axis=0))
-    if STORE_ACT:
-        tl.store(act_ptr + row * stride_am + offs_k, prod.to(act_ptr.dtype.element_ty), mask=offs_k < I)
 
 
 @triton.jit
@@ -206,39 +194,12 @@ def silu_mul_quant(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n_chunks = triton.cdiv(i, SPLIT_CHUNK)
         block_c = triton.next_power_of_2(n_chunks)
         partial = torch.empty((m, block_c), dtype=torch.float32, device=h.device)
-        _silu_mul_absmax_kernel[(m, n_chunks)](h, partial, partial, i, 0, h.stride(0), 0, CHUNK=SPLIT_CHUNK,
-                                                BLOCK_C=block_c, STORE_ACT=False, **pdl(h.device))
+        _silu_mul_absmax_kernel[(m, n_chunks)](h, partial, i, h.stride(0), CHUNK=SPLIT_CHUNK, BLOCK_C=block_c,
+                                                **pdl(h.device))
         _silu_mul_quant_split_kernel[(m, n_chunks)](
             h, partial, x_q, scale, i, n_chunks, h.stride(0), x_q.stride(0), CHUNK=SPLIT_CHUNK, BLOCK_C=block_c,
             **pdl(h.device))
     return x_q, scale
-
-
-def silu_mul_absmax(h: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """h [M, 2I] = [gate | up] -> (SiLU(gate) * up [M, I] in h's dtype, its absmax per chunk of
-    SPLIT_CHUNK, fp32 [M, C]) in one launch: the input of a decode GEMV that quantizes it as it
-    loads it (`W4A8Linear.forward_int8` with float rows), to the int8 values of `silu_mul_quant`,
-    whose wide-row path takes two launches. h may also be [S, M, 2I] as `W4A8Linear(partials=True)`
-    gives it (S > 1: fp32 split-K partials of the `dtype` output, summed here)."""
-    parts = h if h.dim() == 3 else h[None]
-    if len(parts) > 1 and (h.dtype != torch.float32 or dtype is None or not h.is_contiguous()):
-        raise ValueError(f"silu_mul_absmax: split-K partials must be contiguous fp32 [S, M, 2I] with the output "
-                         f"dtype given, got {h.dtype} {tuple(h.shape)}")
-    h, dtype = parts[0], dtype if len(parts) > 1 else parts[0].dtype
-    _rows(h, "silu_mul_absmax")
-    m, two_i = h.shape
-    if two_i % 2:
-        raise ValueError(f"silu_mul_absmax takes [gate | up] with an even width, got {tuple(h.shape)}")
-    i = two_i // 2
-    chunk = min(SPLIT_CHUNK, triton.next_power_of_2(max(i, 16)))
-    n_chunks = triton.cdiv(i, chunk)
-    act = torch.empty((m, i), dtype=dtype, device=h.device)
-    absmax = torch.empty((m, n_chunks), dtype=torch.float32, device=h.device)
-    if m:
-        _silu_mul_absmax_kernel[(m, n_chunks)](h, absmax, act, i, parts.stride(0), h.stride(0), act.stride(0),
-                                                CHUNK=chunk, BLOCK_C=n_chunks, STORE_ACT=True, SPLITS=len(parts),
-                                                **pdl(h.device))
-    return act, absmax
 
 
 def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

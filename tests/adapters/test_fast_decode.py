@@ -151,7 +151,8 @@ def test_decode_step_attention_matches_transformers_forward(family, quant_dir, d
 
 @pytest.mark.skipif(not FUSED_EXPERTS, reason="transformers 4.x runs experts as its own per-expert modules: "
                     "no W4A8Experts to group")
-# 2 tokens: the expert GEMVs; 16: the down GEMV summing the slots; 65 (130 slots): routed tiles
+# 2 tokens: the expert GEMVs (SiLU-mul in gate/up's epilogue); 16: the down GEMV summing the slots (int8
+# rows from silu_mul_quant); 65 (130 slots): routed tiles
 @pytest.mark.parametrize("tokens", [2, 16, 65])
 def test_grouped_experts_match_the_expert_loop(quant_dir, device, tokens):
     model = load("qwen3_moe", quant_dir("qwen3_moe"), device, fuse=False)
