@@ -1,6 +1,7 @@
 """Decode benchmark: 500 new tokens at batch 1 and 16, this project's W4A8 path against bf16.
 
     python -m adapters.decode_benchmark [--models qwen3-8b,qwen3-32b,qwen3-30b-a3b] [--new-tokens 500]
+    python -m adapters.decode_benchmark --prompt-tokens 4096   # also the time to first token of a long prompt
     python -m adapters.decode_benchmark --tiny --device cpu     # smoke run of the same code path
 
 Random-weight models with the real Qwen3 shapes (benchmark.py builds them), one variant on the
@@ -13,6 +14,9 @@ token generated: no early EOS):
 - bf16: transformers eager `generate`;
 - bf16-compile: transformers `generate` with its static cache, which compiles the decode step
   (torch.compile, mode reduce-overhead: CUDA graphs) on CUDA;
+- first token (--prompt-tokens N): the prefill of one N-token prompt and its first greedy token,
+  W4A8 (static_generate's eager prefill, what `adapters.infer` runs before its decode graph)
+  against bf16 (transformers `generate`), each timed after a warm-up of the same length;
 - floor: the bytes a decode step must read (weights; for MoE the shared part plus the experts
   that batch's tokens can reach) divided by the copy bandwidth measured in the same run: no
   engine decodes faster, at any batch where weights dominate.
@@ -78,6 +82,14 @@ def decode_fn(model, variant: str, batch: int, new_tokens: int, device: str):
                                   min_new_tokens=new_tokens, pad_token_id=0, **extra)
 
 
+def first_token_fn(model, variant: str, prompt_tokens: int, device: str):
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), device=device)
+    if variant.startswith("w4a8"):
+        return lambda: static_generate(model, ids, 1, use_graph=False)
+    return lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                  max_new_tokens=1, min_new_tokens=1, pad_token_id=0)
+
+
 def profile_step(model, batch: int, device: str, top: int = 25) -> str:
     """GPU time per kernel of one decode step (run eagerly: the kernels a graph replays), as a
     torch profiler table; the model has decoded at this batch before (its StaticDecoder exists)."""
@@ -96,10 +108,18 @@ def profile_step(model, batch: int, device: str, top: int = 25) -> str:
 
 @torch.no_grad()
 def run_variant(config, variant: str, device: str, batches: tuple[int, ...], new_tokens: int, group: int,
-                bandwidth: float, profile: bool = False) -> list[dict]:
+                bandwidth: float, profile: bool = False, prompt_tokens: int = 0) -> list[dict]:
     model = build(config, "bf16" if variant.startswith("bf16") else "w4a8-triton", device, group,
                   fuse=variant.startswith("w4a8"))
     rows = []
+    if prompt_tokens:
+        first_token = first_token_fn(model, variant, prompt_tokens, device)
+        if device.startswith("cuda"):
+            first_token()  # warm-up: tuning and compiles at the prompt's M
+        seconds = _timed(first_token, device)
+        rows.append({"variant": f"{variant.split('-')[0]} first token ({prompt_tokens}-token prompt)", "batch": 1,
+                     "seconds": seconds, "tok_s": prompt_tokens / seconds})
+        print(f"{rows[-1]['variant']} | seconds {seconds:.3f}", flush=True)
     for batch in batches:
         row = {"variant": variant, "batch": batch}
         start = time.perf_counter()
@@ -129,6 +149,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--new-tokens", type=int, default=500)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny cpu-tier configs and few tokens (smoke run)")
+    parser.add_argument("--prompt-tokens", type=int, default=0,
+                        help="also time the first token of a prompt this long (batch 1), W4A8 against bf16")
     parser.add_argument("--profile", action="store_true", help="print a kernel profile of w4a8-graph decode steps")
     args = parser.parse_args(argv)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
@@ -144,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for variant in args.variants.split(","):
             try:
                 got = run_variant(config, variant, args.device, batches, new_tokens, 32 if args.tiny else 128,
-                                  bandwidth, args.profile)
+                                  bandwidth, args.profile, args.prompt_tokens)
             except torch.cuda.OutOfMemoryError:
                 got = [{"variant": variant, "note": "out of GPU memory"}]
             rows += [{"model": name, **row} for row in got if not any(
