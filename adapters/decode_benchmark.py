@@ -15,8 +15,9 @@ token generated: no early EOS):
 - bf16-compile: transformers `generate` with its static cache, which compiles the decode step
   (torch.compile, mode reduce-overhead: CUDA graphs) on CUDA;
 - first token (--prompt-tokens N): the prefill of one N-token prompt and its first greedy token,
-  W4A8 (static_generate's eager prefill, what `adapters.infer` runs before its decode graph)
-  against bf16 (transformers `generate`), each timed after a warm-up of the same length;
+  through the variant's own generate call (w4a8-graph: static_generate's eager prefill, what
+  `adapters.infer` runs before its decode graph; bf16: transformers `generate`), on CUDA timed
+  after a warm-up of the same length;
 - floor: the bytes a decode step must read (weights; for MoE the shared part plus the experts
   that batch's tokens can reach) divided by the copy bandwidth measured in the same run: no
   engine decodes faster, at any batch where weights dominate.
@@ -71,23 +72,15 @@ def step_bytes(model: torch.nn.Module, batch: int) -> float:
     return total
 
 
-def decode_fn(model, variant: str, batch: int, new_tokens: int, device: str):
+def decode_fn(model, variant: str, batch: int, new_tokens: int, device: str, prompt_tokens: int = 16):
     vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (batch, 16), device=device)
+    ids = torch.randint(0, vocab, (batch, prompt_tokens), device=device)
     mask = torch.ones_like(ids)
     if variant == "w4a8-graph":
         return lambda: static_generate(model, ids, new_tokens, mask, use_graph=True)
     extra = {"cache_implementation": "static"} if variant == "bf16-compile" else {}
     return lambda: model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
                                   min_new_tokens=new_tokens, pad_token_id=0, **extra)
-
-
-def first_token_fn(model, variant: str, prompt_tokens: int, device: str):
-    ids = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), device=device)
-    if variant.startswith("w4a8"):
-        return lambda: static_generate(model, ids, 1, use_graph=False)
-    return lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                  max_new_tokens=1, min_new_tokens=1, pad_token_id=0)
 
 
 def profile_step(model, batch: int, device: str, top: int = 25) -> str:
@@ -113,7 +106,8 @@ def run_variant(config, variant: str, device: str, batches: tuple[int, ...], new
                   fuse=variant.startswith("w4a8"))
     rows = []
     if prompt_tokens:
-        first_token = first_token_fn(model, variant, prompt_tokens, device)
+        # one new token: the prefill and its argmax (static_generate captures no graph for it)
+        first_token = decode_fn(model, variant, 1, 1, device, prompt_tokens)
         if device.startswith("cuda"):
             first_token()  # warm-up: tuning and compiles at the prompt's M
         seconds = _timed(first_token, device)
