@@ -315,6 +315,7 @@ def test_llama_default_rope_theta_fails_numerics(tmp_path):
          "    config.rope_theta = 10000.0\n")
     result = check("numerics", spec, tree, base)
     assert result.status == "fail" and result.category == "diverges_from_reference", result.summary
+    assert result.details["rel_l2"] > 2 * result.details["rtol"], "the check barely separates a wrong theta"
     assert result.details["first_divergent_layer"] == "model.layers.0"
 
 
