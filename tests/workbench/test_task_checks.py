@@ -176,6 +176,44 @@ def test_kernel_with_a_wrong_nibble_order_fails_kernel_numerics(tmp_path):
     assert "M=1, N=96, K=128, group_size=32" in result.summary
 
 
+def test_w4a16_kernel_fails_kernel_numerics(tmp_path):
+    """A Triton GEMM on the packed int4 weights (unpacked in registers) that never quantizes its
+    activations: the inputs' outlier channels (x20) make per-token int8 coarse, so W4A16 lands
+    well off the exact W4A8 result."""
+    spec, tree, base = gold_port("w4a8_gemm_kernel", tmp_path)
+    (tree / "w4a8_kernel.py").write_text('''
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _w4a16(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, G, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        live = (k[:, None] < K) & (n[None, :] < N)
+        words = tl.load(w_ptr + n[None, :] * (K // 8) + (k // 8)[:, None], mask=live, other=0)
+        q = ((words >> ((k % 8) * 4)[:, None]) & 0xF) - 8
+        s = tl.load(s_ptr + n[None, :] * G + (k // (K // G))[:, None], mask=live, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
+        acc += tl.dot(x.to(tl.float32), q.to(tl.float32) * s)  # bf16 activations, never quantized
+    tl.store(y_ptr + m[:, None] * N + n[None, :], acc.to(tl.bfloat16), mask=(m[:, None] < M) & (n[None, :] < N))
+
+
+def w4a8_gemm(x, weight_packed, weight_scale, group_size):
+    m, k, n = x.shape[0], x.shape[1], weight_packed.shape[0]
+    y = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
+    _w4a16[(triton.cdiv(m, 16), triton.cdiv(n, 32))](x.contiguous(), weight_packed, weight_scale.contiguous(), y,
+                                                     m, n, k, weight_scale.shape[1], BLOCK_M=16, BLOCK_N=32, BLOCK_K=32)
+    return y
+''')
+    result = check("kernel_numerics", spec, tree, base)
+    assert result.status == "fail" and result.category == "diverges_from_reference", result.summary
+
+
 def test_check_a_branch_of_the_workspace(tmp_path):
     from typer.testing import CliRunner
 
@@ -379,6 +417,76 @@ def load_model(model_dir, device="cpu", use_triton=True):
     result = check("w4a8_execution", spec, tree, base)
     assert result.status == "fail" and result.category == "not_w4a8", result.summary
     assert "model.layers.0.self_attn.q_proj" in result.summary
+
+
+W4A16_TRITON_PORT = """
+import torch
+import triton
+import triton.language as tl
+from ._gold.adapters.qwen3 import load_model
+from ._gold.kernels.linear import W4A8Linear
+
+
+@triton.jit
+def _w4a16_gemm(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, HALF, GS,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_J: tl.constexpr):
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for j0 in range(0, HALF, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        live = (j[:, None] < HALF) & (n[None, :] < N)
+        b = tl.load(w_ptr + n[None, :] * HALF + j[:, None], mask=live, other=0).to(tl.int32)  # [J, N]
+        for k, q in ((j, (b << 28) >> 28), (j + HALF, b >> 4)):  # a byte's low nibble is k, its high k + K_pad/2
+            s = tl.load(s_ptr + (k // GS)[:, None] * N + n[None, :], mask=live & (k[:, None] < K), other=0.0)
+            x = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
+            acc += tl.dot(x.to(tl.float32), q.to(tl.float32) * s)  # bf16 activations, never quantized
+    tl.store(y_ptr + m[:, None] * N + n[None, :], acc, mask=(m[:, None] < M) & (n[None, :] < N))
+
+
+def _w4a16_forward(self, x, residual=None):
+    rows = x.reshape(-1, self.in_features).contiguous()
+    m, half = rows.shape[0], self.qweight.shape[1]
+    y = torch.empty(m, self.out_features, dtype=torch.float32, device=x.device)
+    _w4a16_gemm[(triton.cdiv(m, 32), triton.cdiv(self.out_features, 32))](
+        rows, self.qweight, self.scales, y, m, self.out_features, self.in_features, half,
+        self.group_size if self.group_size > 0 else 2 * half, BLOCK_M=32, BLOCK_N=32, BLOCK_J=32)
+    y = y.reshape(*x.shape[:-1], self.out_features)
+    return (y if residual is None else y + residual).to(x.dtype)
+
+
+W4A8Linear.forward = _w4a16_forward
+"""
+
+TWO_PASS_PORT = """
+from ._gold.adapters.qwen3 import load_model
+from ._gold.kernels.linear import W4A8Linear
+from ._gold.kernels.reference import per_token_quant_int8_ref
+
+_w4a8_forward = W4A8Linear.forward
+
+
+def _two_pass_forward(self, x, *rest):  # int8 codes of x, then of what their rounding left out
+    codes, scale = per_token_quant_int8_ref(x)
+    return _w4a8_forward(self, x, *rest) + _w4a8_forward(self, (x.float() - codes * scale).to(x.dtype))
+
+
+W4A8Linear.forward = _two_pass_forward
+"""
+
+
+@pytest.mark.parametrize("port", [W4A16_TRITON_PORT, TWO_PASS_PORT], ids=["w4a16_triton", "int8_two_pass"])
+def test_port_with_activations_finer_than_int8_fails_w4a8_execution(port, tmp_path):
+    """Every GEMM a Triton kernel on the packed int4 weights, so every structural test passes, and
+    numerics cannot tell (W4A16 sits where right ports do): a Triton W4A16 GEMV (bf16 activations),
+    or the gold's W4A8 GEMM run twice to add back the activations' rounding error."""
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    target = tree / "w4a8_inference/qwen3.py"
+    target.write_text(target.read_text() + port)
+    result = check("w4a8_execution", spec, tree, base)
+    assert result.status == "fail" and result.category == "not_w4a8", result.summary
+    assert "same per-token int8 codes" in result.summary and "model.layers." in result.summary
+    assert check("numerics", spec, tree, base).status == "pass", "numerics alone was expected to pass this port"
 
 
 def test_port_ignoring_use_triton_fails_w4a8_execution(tmp_path):

@@ -358,7 +358,8 @@ def check_w4a8_execution(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckR
     """With use_triton=True the quantized layers run as W4A8 Triton GEMMs on packed int4 storage:
     no torch op touches a floating tensor of a quantized layer's weight shape (or a fusion of
     siblings), no torch matmul takes one of any dtype, the model keeps about the packed int4 bytes
-    as integers, and one forward's Triton launches are handed them."""
+    as integers, one forward's Triton launches are handed them, and the modules holding them see
+    their input only through its per-token int8 codes (probes/int8_grid.py)."""
     name, timeout = check.name or "w4a8_execution", _timeout(check)
     args = {**_args(spec, check, spec.target, ops=["execution"]), "use_triton": True}
     cand = probe_candidate(tree, "model_probe", args, timeout)
@@ -391,7 +392,16 @@ def check_w4a8_execution(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckR
     if share < MIN_LAUNCHED_SHARE:
         return CheckResult(**fail, summary=f"one forward's {seen['launches']} Triton launches were handed {share:.0%} "
                                            "of the model's packed weights: every quantized GEMM must run in Triton")
+    grid = seen["int8_grid"]
+    if grid["moved"]:
+        worst = max(grid["moved"], key=lambda m: m["apart"])
+        return CheckResult(**fail, summary=f"{worst['module']} gave outputs {worst['apart']:.2%} apart (rel. L2) for "
+                                           "two inputs with the same per-token int8 codes (s = absmax/127; every "
+                                           "other element a quarter step apart): a W4A8 layer sees only the codes, "
+                                           "so its activations reach the GEMM in higher precision (W4A16, or the "
+                                           "rounding error added back)")
     return CheckResult(name=name, status="pass", details=seen,
                        summary=f"{seen['layers']} quantized layers held as packed int4 ({ratio:.2f}x the checkpoint's "
                                f"bytes), {share:.0%} of them handed to {seen['launches']} Triton launches in one "
-                               "forward, no torch GEMM or dequantized weight")
+                               f"forward, no torch GEMM or dequantized weight; {len(grid['tested'])} modules holding "
+                               "them gave the same output for inputs with the same int8 codes")

@@ -22,6 +22,7 @@ from .result import CheckResult
 from .sandbox import SandboxResult, run_sandboxed, scrubbed_env
 
 PROBES = Path(__file__).parent / "probes"
+HELPERS = ("spies.py", "int8_grid.py")  # executed ahead of every probe's text
 REFERENCE_PACKAGES = ("adapters", "kernels")  # whose source keys the reference cache (and RUNTIME's releases)
 
 
@@ -39,8 +40,8 @@ class ProbeRun:
 
 
 def _payload(probe: str, args: dict) -> str:
-    """The probe's text after the spies it uses (probes/spies.py), then its call."""
-    return ((PROBES / "spies.py").read_text() + "\n" + (PROBES / f"{probe}.py").read_text()
+    """The probe's text after the helpers it uses (HELPERS), then its call."""
+    return ("\n".join((PROBES / name).read_text() for name in (*HELPERS, f"{probe}.py"))
             + f"\nmain(__import__('json').loads({json.dumps(args)!r}))\n")
 
 
@@ -68,8 +69,8 @@ def probe_candidate(tree: Path, probe: str, args: dict, timeout_s: float) -> Pro
 
 
 def _reference_key(probe: str, args: dict, repo_root: Path) -> str:
-    digest = hashlib.sha256(REFERENCE_PRELUDE.encode() + (PROBES / "spies.py").read_bytes()
-                            + (PROBES / f"{probe}.py").read_bytes())
+    digest = hashlib.sha256(REFERENCE_PRELUDE.encode()
+                            + b"".join((PROBES / name).read_bytes() for name in (*HELPERS, f"{probe}.py")))
     digest.update(json.dumps(args, sort_keys=True).encode())
     digest.update(" ".join(_version(name) for name in RUNTIME).encode())
     for package in REFERENCE_PACKAGES:

@@ -18,7 +18,8 @@ Ops (ARGS["ops"]):
   perturb   for each checkpoint tensor, does perturbing it on disk move the logits
   execution one forward with use_triton=True watched by the spies (probes/spies.py): torch ops on
             a quantized layer's weight shape, the integer bytes handed to Triton launches, and
-            the tensors the model keeps resident
+            the tensors the model keeps resident, and whether the modules holding the packed
+            weights see their input only through its per-token int8 codes (probes/int8_grid.py)
 """
 
 import importlib
@@ -350,7 +351,8 @@ class Probe:
             "packed_bytes": sum(n * k // 2 for n, k in layers.values()), "layers": len(layers),
             "torch_gemms": list(torch_gemms.values())[:8], "dequantized_ops": list(dequantized.values())[:8],
             "launches": len(launches.launches), "resident_integer_bytes": integer_bytes,
-            "resident_integer_bytes_launched": handed_bytes, "resident_floating_weights": floating_weights[:8]}
+            "resident_integer_bytes_launched": handed_bytes, "resident_floating_weights": floating_weights[:8],
+            "int8_grid": int8_grid(model, ids, min(n * k // 2 for n, k in layers.values()) // 2)}
 
 
 def weight_key(shape) -> tuple | None:
