@@ -14,8 +14,10 @@ called again with the arguments it got in one forward but its first floating inp
   off   the same with every other element moved by up to a quarter step.
 Codes stay small so that a port's own rounding (bf16 division: 0.4% of |q| steps) cannot move
 an element across a half step either way. A module called twice on `on` with different results
-is not repeatable and left out; one whose output ignores a doubling of its input (an RMSNorm in
-front of the quantization) is left out too: its pre-norm input says nothing of the codes.
+is not repeatable and left out; so is one whose output ignores a doubling of its input (an
+RMSNorm in front of the quantization: its pre-norm input says nothing of the codes), and one
+holding a floating matrix as wide as its input (a MoE block with its router: the routing weights
+move with the input whatever the experts do).
 """
 
 import copy
@@ -85,6 +87,7 @@ def _input_slot(args: tuple, kwargs: dict):
     return None
 
 
+@torch.no_grad()
 def int8_grid(model: torch.nn.Module, ids: torch.Tensor, min_bytes: int) -> dict:
     """{"tested": [...], "moved": [...], "untested": {module: why}, "bytes": {...}} for the modules
     owning >= min_bytes of integer tensors (one forward of `ids` records their arguments)."""
@@ -126,7 +129,12 @@ def int8_grid(model: torch.nn.Module, ids: torch.Tensor, min_bytes: int) -> dict
         if slot is None:
             untested[name] = "no floating input"
             continue
-        on, off = grid_pair(args[slot] if isinstance(slot, int) else kwargs[slot], seed=len(tested))
+        x = args[slot] if isinstance(slot, int) else kwargs[slot]
+        if any(t.dtype.is_floating_point and t.dim() >= 2 and x.shape[-1] in t.shape
+               for t in (*module.parameters(), *module.buffers())):
+            untested[name] = "runs floating weights on its input too (a router?)"
+            continue
+        on, off = grid_pair(x, seed=len(tested))
 
         def run(x):
             a, k = copy.deepcopy((args, kwargs))
@@ -139,7 +147,7 @@ def int8_grid(model: torch.nn.Module, ids: torch.Tensor, min_bytes: int) -> dict
         try:
             first, again, shifted = run(on), run(on), run(off)
         except Exception as err:  # a module that cannot be called alone is not evidence either way
-            untested[name] = f"raised {type(err).__name__} when called alone"
+            untested[name] = f"raised {type(err).__name__} when called alone: {str(err)[:160]}"
             continue
         noise, apart = _apart(again, first), _apart(shifted, first)
         if noise > MOVED_TOL / 10:

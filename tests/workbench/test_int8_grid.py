@@ -1,0 +1,110 @@
+"""probes/int8_grid.py on small torch modules: which layers it proves W4A8, which it catches, and
+which it leaves out (and says why). The probe is executed as text in a checked process; here it
+runs the same way, in this one."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+PROBE = Path(__file__).resolve().parents[2] / "workbench/checks/probes/int8_grid.py"
+grid = {}
+exec(compile(PROBE.read_text(), str(PROBE), "exec"), grid)
+
+HIDDEN, OUT = 64, 48
+
+
+def codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The contract's per-token int8: (x_q as float, s)."""
+    s = x.float().abs().amax(-1, keepdim=True) / 127
+    return torch.round(x.float() / s), s
+
+
+class Linear4(nn.Module):
+    """Packed-int4 weight (int8 storage here); `a8`: W4A8 as the contract says, else W4A16."""
+
+    def __init__(self, a8: bool = True, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("qweight", torch.randint(-8, 8, (OUT, HIDDEN), dtype=torch.int8, generator=generator))
+        self.register_buffer("scales", torch.rand(1, OUT, generator=generator) / 50)
+        self.a8 = a8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.qweight.float() * self.scales.t()
+        if self.a8:
+            x_q, s = codes(x)
+            return ((x_q @ w.t()) * s).to(x.dtype)
+        return (x.float() @ w.t()).to(x.dtype)
+
+
+class NormFirst(Linear4):
+    """RMSNorm, then W4A8: a right layer whose pre-norm input says nothing of the codes."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.RMSNorm(HIDDEN, eps=1e-6)
+        self.norm.weight.data = 1 + torch.rand(HIDDEN)
+
+    def forward(self, x):
+        return super().forward(self.norm(x.float()).to(x.dtype))
+
+
+class RoutedBlock(nn.Module):
+    """A MoE block owning its experts' packed weights beside its float router: right W4A8 experts
+    whose routing weights still move with the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.router = nn.Linear(HIDDEN, 4, bias=False)
+        self.register_buffer("qweight", torch.randint(-8, 8, (4, OUT, HIDDEN), dtype=torch.int8))
+
+    def forward(self, x):
+        weights = self.router(x.float()).softmax(-1)  # [..., E]
+        x_q, s = codes(x)
+        per_expert = torch.einsum("...k,enk->...en", x_q, self.qweight.float()) * s[..., None]
+        return (weights[..., None] * per_expert).sum(-2).to(x.dtype)
+
+
+class Model(nn.Module):
+    def __init__(self, *layers):
+        super().__init__()
+        self.embed = nn.Embedding(32, HIDDEN)
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, ids):
+        h = self.embed(ids).to(torch.bfloat16)
+        return [layer(h) for layer in self.layers]
+
+
+def report(*layers) -> dict:
+    torch.manual_seed(0)
+    return grid["int8_grid"](Model(*layers), torch.randint(0, 32, (2, 9)), min_bytes=64)
+
+
+def test_w4a8_layers_give_the_same_output_for_the_same_codes():
+    found = report(Linear4(), Linear4(seed=1))
+    assert found["moved"] == [] and found["untested"] == {}
+    assert [t["apart"] for t in found["tested"]] == [0.0, 0.0]
+
+
+def test_w4a16_layer_moves_with_inputs_of_the_same_codes():
+    found = report(Linear4(), Linear4(a8=False))
+    assert [m["module"] for m in found["moved"]] == ["layers.1"]
+    assert found["moved"][0]["apart"] > 5 * grid["MOVED_TOL"]
+
+
+@pytest.mark.parametrize("layer, why", [(NormFirst(), "normalizes its input"), (RoutedBlock(), "router")])
+def test_layers_whose_input_passes_float_ops_first_are_left_out_not_failed(layer, why):
+    found = report(layer)
+    assert found["moved"] == [] and why in found["untested"]["layers.0"]
+
+
+def test_grid_pair_keeps_every_code_and_the_scale():
+    x = torch.randn(5, HIDDEN, dtype=torch.bfloat16) * 3
+    on, off = grid["grid_pair"](x, seed=0)
+    (q_on, s_on), (q_off, s_off) = codes(on), codes(off)
+    assert torch.equal(q_on, q_off) and torch.equal(s_on, s_off)
+    assert torch.equal(s_on, x.float().abs().amax(-1, keepdim=True) / 127)
+    assert (on != off).float().mean() > 0.5  # most elements off the grid
