@@ -396,8 +396,8 @@ def check_w4a8_execution(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckR
     if grid["moved"]:
         worst = max(grid["moved"], key=lambda m: m["apart"])
         return CheckResult(**fail, summary=f"{worst['module']} gave outputs {worst['apart']:.2%} apart (rel. L2) for "
-                                           "two inputs with the same per-token int8 codes (s = absmax/127; every "
-                                           "other element a quarter step apart): a W4A8 layer sees only the codes, "
+                                           "two inputs with the same per-token int8 codes (s = absmax/127; the other "
+                                           "elements up to a quarter step apart): a W4A8 layer sees only the codes, "
                                            "so its activations reach the GEMM in higher precision (W4A16, or the "
                                            "rounding error added back)")
     return CheckResult(name=name, status="pass", details=seen,
