@@ -8,11 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-PROBE = Path(__file__).resolve().parents[2] / "workbench/checks/probes/int8_grid.py"
+PROBES = Path(__file__).resolve().parents[2] / "workbench/checks/probes"
 grid = {}
-exec(compile(PROBE.read_text(), str(PROBE), "exec"), grid)
+for helper in ("spies.py", "int8_grid.py"):  # in the order probing.HELPERS puts them ahead of a probe
+    exec(compile((PROBES / helper).read_text(), str(PROBES / helper), "exec"), grid)
 
 HIDDEN, OUT = 64, 48
+
+
+def product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [..., K] times w [N, K]^T without a torch matmul op: in a checked model the quantized
+    GEMMs run in Triton, and a floating torch GEMM on a module's input marks a router."""
+    return (x[..., None, :] * w).sum(-1)
 
 
 def codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,19 +31,19 @@ def codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Linear4(nn.Module):
     """Packed-int4 weight (int8 storage here); `a8`: W4A8 as the contract says, else W4A16."""
 
-    def __init__(self, a8: bool = True, seed: int = 0):
+    def __init__(self, a8: bool = True, seed: int = 0, out: int = OUT):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("qweight", torch.randint(-8, 8, (OUT, HIDDEN), dtype=torch.int8, generator=generator))
-        self.register_buffer("scales", torch.rand(1, OUT, generator=generator) / 50)
+        self.register_buffer("qweight", torch.randint(-8, 8, (out, HIDDEN), dtype=torch.int8, generator=generator))
+        self.register_buffer("scales", torch.rand(1, out, generator=generator) / 50)
         self.a8 = a8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.qweight.float() * self.scales.t()
         if self.a8:
             x_q, s = codes(x)
-            return ((x_q @ w.t()) * s).to(x.dtype)
-        return (x.float() @ w.t()).to(x.dtype)
+            return (product(x_q, w) * s).to(x.dtype)
+        return product(x.float(), w).to(x.dtype)
 
 
 class NormFirst(Linear4):
@@ -63,7 +70,7 @@ class RoutedBlock(nn.Module):
     def forward(self, x):
         weights = self.router(x.float()).softmax(-1)  # [..., E]
         x_q, s = codes(x)
-        per_expert = torch.einsum("...k,enk->...en", x_q, self.qweight.float()) * s[..., None]
+        per_expert = torch.stack([product(x_q, w.float()) for w in self.qweight], dim=-2) * s[..., None]
         return (weights[..., None] * per_expert).sum(-2).to(x.dtype)
 
 
@@ -87,6 +94,12 @@ def test_w4a8_layers_give_the_same_output_for_the_same_codes():
     found = report(Linear4(), Linear4(seed=1))
     assert found["moved"] == [] and found["untested"] == {}
     assert [t["apart"] for t in found["tested"]] == [0.0, 0.0]
+
+
+def test_a_square_layer_is_tested():
+    """Its scales [1, N] are as wide as its input: only a floating GEMM on the input marks a router."""
+    found = report(Linear4(a8=False, out=HIDDEN))
+    assert [m["module"] for m in found["moved"]] == ["layers.0"]
 
 
 def test_w4a16_layer_moves_with_inputs_of_the_same_codes():

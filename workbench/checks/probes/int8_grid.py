@@ -1,5 +1,5 @@
 """Do a model's quantized layers see their input only through its per-token int8 codes? Executed
-as text ahead of a probe (model_probe.py), like spies.py it imports only torch.
+as text ahead of a probe (model_probe.py), after spies.py (whose OpSpy it uses); it imports only torch.
 
 W4A8 quantizes each activation row as x_q = round(x / s), s = absmax(row) / 127, and the GEMM
 sees x_q and s alone: two inputs with the same absmax element whose other elements sit within
@@ -16,8 +16,8 @@ Codes stay small so that a port's own rounding (bf16 division: 0.4% of |q| steps
 an element across a half step either way. A module called twice on `on` with different results
 is not repeatable and left out; so is one whose output ignores a doubling of its input (an
 RMSNorm in front of the quantization: its pre-norm input says nothing of the codes), and one
-holding a floating matrix as wide as its input (a MoE block with its router: the routing weights
-move with the input whatever the experts do).
+running a floating torch GEMM on its input (a MoE block with its router: the routing weights move
+with the input whatever the experts do).
 """
 
 import copy
@@ -75,6 +75,13 @@ def _apart(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
+def _floating_gemm_on(calls: list[dict], width: int) -> bool:
+    """Did a torch matmul take a floating operand `width` wide? Here the quantized GEMMs run in
+    Triton (w4a8_execution fails a torch one first), so such a GEMM is a router's or the like."""
+    return any(call["op"] in MATMUL_OPS and any(t["floating"] and t["shape"][-1:] == [width] for t in call["inputs"])
+               for call in calls)
+
+
 def _input_slot(args: tuple, kwargs: dict):
     """Where the module's activation is: the first floating positional tensor of rank >= 2, else a
     keyword of the usual names."""
@@ -130,10 +137,6 @@ def int8_grid(model: torch.nn.Module, ids: torch.Tensor, min_bytes: int) -> dict
             untested[name] = "no floating input"
             continue
         x = args[slot] if isinstance(slot, int) else kwargs[slot]
-        if any(t.dtype.is_floating_point and t.dim() >= 2 and x.shape[-1] in t.shape
-               for t in (*module.parameters(), *module.buffers())):
-            untested[name] = "runs floating weights on its input too (a router?)"
-            continue
         on, off = grid_pair(x, seed=len(tested))
 
         def run(x):
@@ -145,12 +148,16 @@ def int8_grid(model: torch.nn.Module, ids: torch.Tensor, min_bytes: int) -> dict
             return _floats(module(*a, **k))
 
         try:
-            first, again, shifted = run(on), run(on), run(off)
+            with OpSpy() as ops:  # spies.py, executed ahead of this file
+                first = run(on)
+            again, shifted = run(on), run(off)
         except Exception as err:  # a module that cannot be called alone is not evidence either way
             untested[name] = f"raised {type(err).__name__} when called alone: {str(err)[:160]}"
             continue
         noise, apart = _apart(again, first), _apart(shifted, first)
-        if noise > MOVED_TOL / 10:
+        if _floating_gemm_on(ops.calls, x.shape[-1]):
+            untested[name] = "runs a floating torch GEMM on its input too (a router?)"
+        elif noise > MOVED_TOL / 10:
             untested[name] = f"not repeatable ({noise:.1e} apart on the same input)"
         elif apart > MOVED_TOL and _apart(run(2 * on), first) < NORM_FIRST_TOL:
             untested[name] = "normalizes its input before quantizing"
