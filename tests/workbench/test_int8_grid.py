@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from kernels.reference import per_token_quant_int8_ref
+
 PROBES = Path(__file__).resolve().parents[2] / "workbench/checks/probes"
 grid = {}
 for helper in ("spies.py", "int8_grid.py"):  # in the order probing.HELPERS puts them ahead of a probe
@@ -24,8 +26,8 @@ def product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The contract's per-token int8: (x_q as float, s)."""
-    s = x.float().abs().amax(-1, keepdim=True) / 127
-    return torch.round(x.float() / s), s
+    x_q, s = per_token_quant_int8_ref(x)
+    return x_q.float(), s
 
 
 class Linear4(nn.Module):

@@ -31,17 +31,23 @@ NORM_FIRST_TOL = 1e-2  # rel. L2 between f(2x) and f(x) under which f normalizes
 PER_ROLE = 2  # modules tested per role (their name with indices as #): layer 0 and 1, expert 0 and 1, ...
 
 
-def owned_integer_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
-    """The integer tensors a module holds itself (parameters, buffers, plain attributes, lists, dicts)."""
-    items = list(module._parameters.values()) + list(module._buffers.values())
+def module_tensors(module) -> list[tuple[str, torch.Tensor]]:
+    """(attribute, tensor) for each tensor a module holds itself: parameters, buffers, and tensors
+    kept in plain attributes, lists or dicts (model_probe.resident_tensors walks a model with it)."""
+    items = list(getattr(module, "_parameters", {}).items()) + list(getattr(module, "_buffers", {}).items())
     for attr, value in vars(module).items():
         if isinstance(value, torch.Tensor):
-            items.append(value)
+            items.append((attr, value))
         elif isinstance(value, (list, tuple)):
-            items += [v for v in value if isinstance(v, torch.Tensor)]
-        elif isinstance(value, dict) and attr not in ("_parameters", "_buffers", "_modules"):
-            items += [v for v in value.values() if isinstance(v, torch.Tensor)]
-    return [t for t in items if t is not None and not t.dtype.is_floating_point and t.dtype != torch.bool]
+            items += [(f"{attr}[{i}]", v) for i, v in enumerate(value) if isinstance(v, torch.Tensor)]
+        elif isinstance(value, dict) and attr not in ("_parameters", "_buffers"):
+            items += [(f"{attr}[{k!r}]", v) for k, v in value.items() if isinstance(v, torch.Tensor)]
+    return [(attr, t) for attr, t in items if t is not None]
+
+
+def owned_integer_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The integer tensors a module holds itself."""
+    return [t for _, t in module_tensors(module) if not t.dtype.is_floating_point and t.dtype != torch.bool]
 
 
 def grid_pair(x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -403,16 +403,8 @@ def resident_tensors(model) -> list[tuple[str, torch.Tensor]]:
     found, seen = [], set()
     modules = model.named_modules() if isinstance(model, torch.nn.Module) else [("", model)]
     for module_name, module in modules:
-        items = list(getattr(module, "_parameters", {}).items()) + list(getattr(module, "_buffers", {}).items())
-        for attr, value in vars(module).items():
-            if isinstance(value, torch.Tensor):
-                items.append((attr, value))
-            elif isinstance(value, (list, tuple)):
-                items += [(f"{attr}[{i}]", v) for i, v in enumerate(value) if isinstance(v, torch.Tensor)]
-            elif isinstance(value, dict) and attr not in ("_parameters", "_buffers"):
-                items += [(f"{attr}[{k!r}]", v) for k, v in value.items() if isinstance(v, torch.Tensor)]
-        for attr, t in items:
-            if t is None or t.is_meta or t.untyped_storage().data_ptr() in seen:
+        for attr, t in module_tensors(module):  # int8_grid.py, executed ahead of this file
+            if t.is_meta or t.untyped_storage().data_ptr() in seen:
                 continue
             seen.add(t.untyped_storage().data_ptr())
             found.append((f"{module_name}.{attr}" if module_name else attr, t))
