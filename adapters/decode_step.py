@@ -12,11 +12,13 @@ o_proj. It calls transformers' own forward for everything else (prefill, HF `gen
 without the interpreter).
 
 `enable_decode_step_layer(layer)` does the same for the decoder layer around it: in a decode step
-`residual + attn(x)` is added by o_proj's GEMM and `residual + mlp(x)` by the MLP's last launch
-(the down projection's GEMM, or the MoE block's `sum_slots`), as torch would add them (each
-output rounded to bf16 first); at batch 1 each residual add was a 1.9 us launch of its own
-(Qwen3-30B-A3B, H200), two per layer. The modules keep their class's attributes and isinstance
-checks; only `__class__` changes.
+`h = x + attn(x)` is added by the post-attention RMSNorm's launch, which takes o_proj's split-K
+partials, sums them as the reduction would, adds the residual, writes h and normalizes it
+(`add_rmsnorm_quant`), and `h + mlp(h)` by the MLP's last launch (the down projection's GEMM, or
+the MoE block's `sum_slots`), as torch would add them (each output rounded to bf16 first); at
+batch 1 each residual add was a 1.9 us launch of its own (Qwen3-30B-A3B, H200), two per layer,
+and o_proj's split-K reduction one more. The modules keep their class's attributes and
+isinstance checks; only `__class__` changes.
 """
 
 import torch
@@ -34,15 +36,15 @@ class DecodeStepAttention:
     """Mixin put before an HF attention class (see `enable_decode_step`)."""
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
-        """transformers' forward, or the decode step; `residual` (from DecodeStepLayer) is added
-        to the output."""
+        """transformers' forward, or the decode step; with `PARTIALS` (from DecodeStepLayer) the
+        output as `W4A8Linear(partials=True)` gives it, [S, B, H]."""
         cache = kwargs.pop("cache", past_key_values)  # transformers 5.24 renamed past_key_values to cache
-        residual = kwargs.pop(RESIDUAL, None)
+        partials = kwargs.pop(PARTIALS, False)
         slot = kwargs.get(DECODE_SLOT)
         if (slot is None or not isinstance(cache, StaticKVCache) or hidden_states.shape[1] != 1
                 or not triton_runs_on(hidden_states)):
             out, weights = super().forward(hidden_states, position_embeddings, attention_mask, cache, **kwargs)
-            return (out if residual is None else residual + out), weights
+            return (out.reshape(1, -1, out.shape[-1]) if partials else out), weights
         b = hidden_states.shape[0]
         config = self.config
         heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -54,7 +56,7 @@ class DecodeStepAttention:
         out, head_absmax = decode_attention(query, keys, values, attention_mask, slot, self.scaling, absmax=True)
         out = out.view(b, 1, -1)
         attach_absmax(out, head_absmax)  # o_proj's GEMV quantizes the rows as it loads them
-        return self.o_proj(out, residual), None
+        return self.o_proj(out, partials=partials), None
 
 
 class DecodeStepLayer:
@@ -63,12 +65,12 @@ class DecodeStepLayer:
     def forward(self, hidden_states, *args, **kwargs):
         if args or kwargs.get(DECODE_SLOT) is None or not triton_runs_on(hidden_states):
             return super().forward(hidden_states, *args, **kwargs)
-        h, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **{RESIDUAL: hidden_states},
-                              **kwargs)
-        return self.mlp(self.post_attention_layernorm(h), residual=h)
+        parts, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **{PARTIALS: True}, **kwargs)
+        h, x = self.post_attention_layernorm.add_and_norm(parts, hidden_states)
+        return self.mlp(x, residual=h)
 
 
-RESIDUAL = "wb_residual"  # attention kwarg: the residual its output is added to
+PARTIALS = "wb_partials"  # attention kwarg: return o_proj's output as its split-K partials [S, B, 1, H]
 _subclasses: dict[type, type] = {}
 
 
@@ -99,12 +101,14 @@ def enable_decode_step(attn: nn.Module) -> bool:
 
 
 def enable_decode_step_layer(layer: nn.Module) -> bool:
-    """Give a decoder layer the decode-step forward (its residual adds in o_proj's GEMM and the
-    MLP's last launch). fusion.py calls it on layers whose attention has the decode step and whose
-    MLP takes `residual=` (FusedMLP, FusedSparseMoE), and whose forward is transformers' pre-norm
+    """Give a decoder layer the decode-step forward (its residual adds in the post-attention
+    norm's launch and the MLP's last launch). fusion.py calls it on layers whose attention has the
+    decode step, whose MLP takes `residual=` (FusedMLP, FusedSparseMoE) and whose post-attention
+    norm is a TritonRMSNorm (`add_and_norm`), and whose forward is transformers' pre-norm
     `x + attn(norm(x))`, then `h + mlp(norm(h))` (Qwen3, Qwen3-MoE). Declined (False) unless the
-    attention has the decode step and a W4A8 o_proj."""
-    if not (isinstance(layer.self_attn, DecodeStepAttention) and isinstance(layer.self_attn.o_proj, W4A8Linear)):
+    attention has the decode step and a W4A8 o_proj and the norm can add."""
+    if not (isinstance(layer.self_attn, DecodeStepAttention) and isinstance(layer.self_attn.o_proj, W4A8Linear)
+            and hasattr(layer.post_attention_layernorm, "add_and_norm")):
         return False
     _give(layer, DecodeStepLayer)
     return True

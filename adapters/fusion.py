@@ -30,7 +30,7 @@ from torch import nn
 from transformers import activations
 
 from kernels.autotune import triton_runs_on
-from kernels.fused_act import rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_quant
+from kernels.fused_act import add_rmsnorm_quant, rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_quant
 from kernels.linear import W4A8Linear, attach_int8
 
 from .decode_step import enable_decode_step, enable_decode_step_layer
@@ -131,6 +131,23 @@ class TritonRMSNorm(nn.Module):
         y = y.view(x.shape)
         attach_int8(y, x_q, x_scale)
         return y
+
+    def add_and_norm(self, parts: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, self(h)) for h = residual + a projection's output given as `W4A8Linear(partials=True)`
+        returns it ([S, M, K]): in one launch where the residual's dtype is the weight's and the norm
+        quantizes (`add_rmsnorm_quant`, decode_step.py's layer), else reduced and added as the GEMM's
+        epilogue would, then normalized."""
+        rows = residual.reshape(-1, residual.shape[-1])
+        if not (self.quantize and triton_runs_on(rows) and rows.dtype == self.weight.dtype):
+            summed = parts[0].float()
+            for part in parts[1:]:  # the reduction's order and rounding (split_k.py)
+                summed += part
+            h = (rows.float() + summed.to(rows.dtype).float()).to(rows.dtype).view(residual.shape)
+            return h, self(h)
+        h, y, x_q, x_scale = add_rmsnorm_quant(parts, rows, self.weight, self.variance_epsilon)
+        y = y.view(residual.shape)
+        attach_int8(y, x_q, x_scale)
+        return h.view(residual.shape), y
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, quantize={self.quantize}"

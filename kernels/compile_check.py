@@ -27,7 +27,7 @@ from triton.runtime.errors import OutOfResources
 from .act_quant import per_token_quant_int8
 from .compile_only import KernelBuild, compile_only
 from .decode_attention import decode_attention
-from .fused_act import rmsnorm, rmsnorm_quant, silu_mul_quant
+from .fused_act import add_rmsnorm_quant, rmsnorm, rmsnorm_quant, silu_mul_quant
 from .moe_routing import route, topk_softmax
 from .packing import padded_k
 from .qk_rope import qk_norm_rope_store
@@ -95,6 +95,8 @@ def sweep_rows(s: Sweep, shape: dict, m: int) -> None:
     x = torch.empty(m, hidden, dtype=torch.bfloat16)
     weight = torch.empty(hidden, dtype=torch.bfloat16)
     s.run(f"rmsnorm_quant M={m} K={hidden}", lambda: rmsnorm_quant(x, weight, 1e-6))
+    s.run(f"add_rmsnorm_quant M={m} K={hidden} split-K partials",  # o_proj's, the post-attention norm
+          lambda: add_rmsnorm_quant(torch.empty(8, m, hidden), x, weight, 1e-6))
     s.run(f"q/k rmsnorm rows={m * shape['heads']} D={d}",
           lambda: rmsnorm(torch.empty(m * shape["heads"], d, dtype=torch.bfloat16), weight[:d], 1e-6))
     s.run(f"silu_mul_quant M={m} I={inter}", lambda: silu_mul_quant(torch.empty(m, 2 * inter, dtype=torch.bfloat16)))

@@ -2,7 +2,8 @@
 
 - `rmsnorm_quant(x, weight, eps)`: RMSNorm (as transformers' Qwen3/Ernie-4.5 RMSNorm computes
   it) that also returns the int8 quantization of its output for the next W4A8 GEMM; `rmsnorm`,
-  the same without the quantization;
+  the same without the quantization; `add_rmsnorm_quant`, the same on `residual + a GEMM's
+  output` given as its split-K partials (the reduction and the residual add in the norm's launch);
 - `silu_mul_quant(h)`: for h = [gate | up] (the fused gate/up GEMM's output), the int8
   quantization of SiLU(gate) * up, the down projection's input, which never reaches memory in
   high precision.
@@ -35,21 +36,39 @@ def round_to(x, dtype: tl.constexpr):
 
 
 @triton.jit
+def load_summed(ptr, offs, mask, stride_s, SPLITS: tl.constexpr, dtype: tl.constexpr):
+    """fp32 values at ptr + offs (masked: 0) of a GEMM's output, or with SPLITS > 1 of its split-K
+    partials (fp32, stride_s apart) summed in split_k.py's reduction order and rounded to `dtype` as
+    it rounds (no bias, no residual): a consumer that sums them saves the reduction's launch."""
+    if SPLITS == 1:
+        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    acc = tl.zeros(offs.shape, dtype=tl.float32)
+    for s in tl.static_range(SPLITS):
+        acc += tl.load(ptr + s * stride_s + offs, mask=mask, other=0.0)
+    return acc.to(dtype).to(tl.float32)
+
+
+@triton.jit
 def _rmsnorm_quant_kernel(
-    x_ptr, w_ptr, y_ptr, xq_ptr, scale_ptr,
+    x_ptr, res_ptr, h_ptr, w_ptr, y_ptr, xq_ptr, scale_ptr,
     M, K, eps,
-    stride_xm, stride_ym, stride_qm,
+    stride_xs, stride_xm, stride_rm, stride_hm, stride_ym, stride_qm,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, QUANT: tl.constexpr,
+    SPLITS: tl.constexpr = 1, HAS_RESIDUAL: tl.constexpr = False,
     USE_PDL: tl.constexpr = False,
 ):
     pdl_enter(USE_PDL)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
-    x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
+    dtype = y_ptr.dtype.element_ty
+    x = load_summed(x_ptr, offs_m[:, None] * stride_xm + offs_k[None, :], mask, stride_xs, SPLITS, dtype)
+    if HAS_RESIDUAL:  # h = residual + x, rounded as split_k.finish adds a GEMM's residual
+        x = round_to(x + tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_k[None, :], mask=mask,
+                                 other=0.0).to(tl.float32), dtype)
+        tl.store(h_ptr + offs_m[:, None] * stride_hm + offs_k[None, :], x.to(dtype), mask=mask)
     w = tl.load(w_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
     rstd = tl.math.rsqrt(tl.sum(x * x, axis=1) / K + eps)
-    dtype = y_ptr.dtype.element_ty
     y = round_to(round_to(x * rstd[:, None], dtype) * w[None, :], dtype)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_k[None, :], y.to(dtype), mask=mask)
     if QUANT:
@@ -71,19 +90,6 @@ def silu_mul_values(gate, up, dtype: tl.constexpr):
     """`silu_mul` of gate and up already in registers (fp32 holding `dtype` values)."""
     act = round_to(gate / (1.0 + tl.exp(-gate)), dtype)  # SiLU in fp32, rounded as torch's
     return round_to(act * up, dtype)
-
-
-@triton.jit
-def load_summed(ptr, offs, mask, stride_s, SPLITS: tl.constexpr, dtype: tl.constexpr):
-    """fp32 values at ptr + offs (masked: 0) of a GEMM's output, or with SPLITS > 1 of its split-K
-    partials (fp32, stride_s apart) summed in split_k.py's reduction order and rounded to `dtype` as
-    it rounds (no bias, no residual): a consumer that sums them saves the reduction's launch."""
-    if SPLITS == 1:
-        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    acc = tl.zeros(offs.shape, dtype=tl.float32)
-    for s in tl.static_range(SPLITS):
-        acc += tl.load(ptr + s * stride_s + offs, mask=mask, other=0.0)
-    return acc.to(dtype).to(tl.float32)
 
 
 @triton.jit
@@ -153,20 +159,41 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return _rmsnorm(x, weight, eps, quantize=False)[0]
 
 
-def _rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool):
-    _rows(x, "rmsnorm_quant" if quantize else "rmsnorm")
-    m, k = x.shape
+def add_rmsnorm_quant(parts: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h = residual [M, K] + a GEMM's output given as `W4A8Linear(partials=True)` returns it (parts
+    [S, M, K]: fp32 split-K partials, or the output itself as [1, M, K]), summed and rounded as the
+    GEMM's reduction adds a residual (split_k.py) -> (h, RMSNorm(h) * weight, its int8 values,
+    scales fp32 [M, 1]). A decoder layer's `h = x + o_proj(attn)` and the norm after it in one
+    launch: the reduction's own launch (o_proj splits K 8 ways at decode on H100 and H200) is saved."""
+    if parts.dim() != 3 or parts.shape[1:] != residual.shape or parts.stride(2) != 1:
+        raise ValueError(f"add_rmsnorm_quant: parts must be [S, M, K] over residual {tuple(residual.shape)} "
+                         f"with unit inner stride, got {tuple(parts.shape)} strides {parts.stride()}")
+    if len(parts) > 1 and parts.dtype != torch.float32:
+        raise ValueError(f"add_rmsnorm_quant: split-K partials must be fp32, got {parts.dtype}")
+    return _rmsnorm(parts, weight, eps, quantize=True, residual=residual)
+
+
+def _rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool, residual: torch.Tensor | None = None):
+    """x [M, K], or with `residual` the parts [S, M, K] summed onto it (add_rmsnorm_quant)."""
+    rows = residual if residual is not None else x
+    _rows(rows, "rmsnorm_quant" if quantize else "rmsnorm")
+    m, k = rows.shape
     if weight.shape != (k,):
         raise ValueError(f"rmsnorm: weight {tuple(weight.shape)} does not match K={k}")
-    y = torch.empty_like(x)
-    x_q = torch.empty((m, k) if quantize else (0,), dtype=torch.int8, device=x.device)
-    scale = torch.empty((m, 1) if quantize else (0,), dtype=torch.float32, device=x.device)
+    y = torch.empty_like(rows)
+    h = torch.empty_like(rows) if residual is not None else y
+    x_q = torch.empty((m, k) if quantize else (0,), dtype=torch.int8, device=rows.device)
+    scale = torch.empty((m, 1) if quantize else (0,), dtype=torch.float32, device=rows.device)
+    parts = x if x.dim() == 3 else x[None]
     if m:
         block_m, block_k, warps = quant_launch_params(m, k)
         _rmsnorm_quant_kernel[(triton.cdiv(m, block_m),)](
-            x, weight, y, x_q, scale, m, k, eps, x.stride(0), y.stride(0), x_q.stride(0),
-            BLOCK_M=block_m, BLOCK_K=block_k, QUANT=quantize, num_warps=warps, **pdl(x.device))
-    return y, x_q, scale
+            parts, rows, h, weight, y, x_q, scale, m, k, eps,
+            parts.stride(0), parts.stride(1), rows.stride(0), h.stride(0), y.stride(0), x_q.stride(0),
+            BLOCK_M=block_m, BLOCK_K=block_k, QUANT=quantize, SPLITS=parts.shape[0],
+            HAS_RESIDUAL=residual is not None, num_warps=warps, **pdl(rows.device))
+    return (h, y, x_q, scale) if residual is not None else (y, x_q, scale)
 
 
 # Decode rows (M <= 32) of a wide MLP are split over programs of 1024 elements in two launches

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from kernels import fused_act
-from kernels.fused_act import (rmsnorm, rmsnorm_quant, rmsnorm_quant_ref, rmsnorm_ref, silu_mul_quant,
-                               silu_mul_quant_ref)
+from kernels.fused_act import (add_rmsnorm_quant, rmsnorm, rmsnorm_quant, rmsnorm_quant_ref, rmsnorm_ref,
+                               silu_mul_quant, silu_mul_quant_ref)
+from kernels.split_k import reduce_split_k
 
 
 @pytest.mark.parametrize("m,k", [(1, 128), (37, 128), (5, 4096)])
@@ -27,6 +28,32 @@ def test_rmsnorm_equals_transformers_rounding(device, m, k):
 def test_rmsnorm_names_a_bad_weight(device):
     with pytest.raises(ValueError, match="does not match K=64"):
         rmsnorm(torch.zeros(2, 64, device=device), torch.ones(32, device=device), 1e-6)
+
+
+@pytest.mark.parametrize("splits,m,k", [(1, 2, 256), (4, 1, 512), (8, 3, 96)])
+def test_residual_add_and_norm_give_the_reduction_then_the_norm(device, splits, m, k):
+    """o_proj's output as split-K partials (or, unsplit, its bf16 output), the residual added and
+    the post-attention norm in one launch: the bits of the reduction kernel adding the residual,
+    then rmsnorm_quant (the two launches it replaces in the decode step)."""
+    torch.manual_seed(splits)
+    residual = (torch.randn(m, k, device=device) * 4).to(torch.bfloat16)
+    weight = (1 + 0.1 * torch.randn(k, device=device)).to(torch.bfloat16)
+    parts = torch.randn(splits, m, k, device=device) * 2
+    if splits == 1:
+        parts = parts.to(torch.bfloat16)  # an unsplit GEMM's output, W4A8Linear(partials=True) as [1, M, N]
+        want_h = (residual.float() + parts[0].float()).to(torch.bfloat16)
+    else:
+        want_h = torch.empty_like(residual)
+        reduce_split_k(parts, None, want_h, residual)
+    h, y, x_q, scale = add_rmsnorm_quant(parts, residual, weight, 1e-6)
+    want = rmsnorm_quant(want_h, weight, 1e-6)
+    assert torch.equal(h, want_h) and not torch.equal(h, residual)
+    for got, expected in zip((y, x_q, scale), want):
+        assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="must be fp32"):
+        add_rmsnorm_quant(torch.zeros(2, m, k, dtype=torch.bfloat16, device=device), residual, weight, 1e-6)
+    with pytest.raises(ValueError, match=r"parts must be \[S, M, K\]"):
+        add_rmsnorm_quant(parts[:, :, 1:], residual, weight, 1e-6)
 
 
 @pytest.mark.parametrize("m,i", [(3, 64), (2, 3000), (1, 2048)])
