@@ -70,7 +70,7 @@ class DecodeStepLayer:
         return self.mlp(x, residual=h)
 
 
-PARTIALS = "wb_partials"  # attention kwarg: return o_proj's output as its split-K partials [S, B, 1, H]
+PARTIALS = "wb_partials"  # attention kwarg: return o_proj's output as its split-K partials [S, B, H]
 _subclasses: dict[type, type] = {}
 
 
