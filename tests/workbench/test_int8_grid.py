@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from torch import nn
 
 from kernels.reference import per_token_quant_int8_ref
+from tests.conftest import DEVICE
 
 PROBES = Path(__file__).resolve().parents[2] / "workbench/checks/probes"
 grid = {}
@@ -76,6 +79,38 @@ class RoutedBlock(nn.Module):
         return (weights[..., None] * per_expert).sum(-2).to(x.dtype)
 
 
+@triton.jit
+def _row_gemm(x_ptr, w_ptr, s_ptr, y_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr):
+    m, n, k = tl.program_id(0), tl.arange(0, BLOCK_N), tl.arange(0, K)
+    w = tl.load(w_ptr + n[:, None] * K + k[None, :], mask=n[:, None] < N, other=0).to(tl.float32)
+    y = tl.sum(w * tl.load(x_ptr + m * K + k)[None, :], axis=1) * tl.load(s_ptr + n, mask=n < N, other=0.0)
+    tl.store(y_ptr + m * N + n, y, mask=n < N)
+
+
+@triton.jit
+def _touch(w_ptr, out_ptr):
+    tl.store(out_ptr, tl.load(w_ptr))
+
+
+class TritonLinear4(Linear4):
+    """W4A8 with its GEMM in a Triton kernel handed the packed weight."""
+
+    def forward(self, x):
+        x_q, s = codes(x)
+        rows = x_q.reshape(-1, HIDDEN).contiguous()
+        y = torch.empty(rows.shape[0], OUT, dtype=torch.float32, device=x.device)
+        _row_gemm[(rows.shape[0],)](rows, self.qweight, self.scales, y, OUT, K=HIDDEN, BLOCK_N=64)
+        return (y.reshape(*x.shape[:-1], OUT) * s).to(x.dtype)
+
+
+class TokenLaunch(Linear4):
+    """W4A8 in torch beside a Triton launch handed the packed weight that does none of the GEMM."""
+
+    def forward(self, x):
+        _touch[(1,)](self.qweight, torch.empty(1, dtype=torch.int8, device=x.device))
+        return super().forward(x)
+
+
 class Model(nn.Module):
     def __init__(self, *layers):
         super().__init__()
@@ -89,7 +124,7 @@ class Model(nn.Module):
 
 def report(*layers) -> dict:
     torch.manual_seed(0)
-    return grid["int8_grid"](Model(*layers), torch.randint(0, 32, (2, 9)), min_bytes=64)
+    return grid["int8_grid"](Model(*layers).to(DEVICE), torch.randint(0, 32, (2, 9), device=DEVICE), min_bytes=64)
 
 
 def test_w4a8_layers_give_the_same_output_for_the_same_codes():
@@ -123,3 +158,15 @@ def test_grid_pair_keeps_every_code_and_the_scale():
     assert torch.equal(q_on, q_off) and torch.equal(s_on, s_off)
     assert torch.equal(s_on, x.float().abs().amax(-1, keepdim=True) / 127)
     assert (on != off).float().mean() > 0.5  # most elements off the grid
+
+
+def test_skipping_the_launches_handed_the_weights_tells_where_the_gemm_runs():
+    """Skipped, a Triton GEMM's output is lost; a torch GEMM's is not, whether or not a launch was
+    handed the weights. A norm-first layer, left out of the code test, gets this one too."""
+    found = report(TritonLinear4(), TokenLaunch())
+    assert [(m["module"], m["skipped"]) for m in found["gemm_in_triton"]] == [("layers.0", 1)]
+    assert [(m["module"], m["skipped"]) for m in found["gemm_in_torch"]] == [("layers.1", 1)]
+    assert found["gemm_in_triton"][0]["apart"] > 0.1 and found["gemm_in_torch"][0]["apart"] == 0.0
+    assert found["moved"] == [] and len(found["tested"]) == 2
+    found = report(Linear4(), NormFirst())
+    assert [(m["module"], m["skipped"]) for m in found["gemm_in_torch"]] == [("layers.0", 0), ("layers.1", 0)]

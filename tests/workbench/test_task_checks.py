@@ -489,6 +489,51 @@ def test_port_with_activations_finer_than_int8_fails_w4a8_execution(port, tmp_pa
     assert check("numerics", spec, tree, base).status == "pass", "numerics alone was expected to pass this port"
 
 
+TORCH_GEMM_PORT = """
+import torch
+import triton
+import triton.language as tl
+from ._gold.adapters.qwen3 import load_model
+from ._gold.kernels.linear import W4A8Linear
+from ._gold.kernels.packing import unpack_w4a8
+from ._gold.kernels.reference import per_token_quant_int8_ref
+
+
+@triton.jit
+def _touch(w_ptr, out_ptr):  # handed the packed weight, so that the launches see all its bytes
+    tl.store(out_ptr, tl.load(w_ptr))
+
+
+def _torch_gemm_forward(self, x, residual=None, partials=False):
+    rows = x.reshape(-1, self.in_features)
+    _touch[(1,)](self.qweight, torch.empty(1, dtype=torch.int8, device=x.device))
+    x_q, s = per_token_quant_int8_ref(rows)
+    q = unpack_w4a8(self.qweight, self.in_features).to(torch.int32)  # integer: no float of the weight's shape
+    groups = self.scales.shape[0]
+    sums = (x_q.to(torch.int32)[:, None, :] * q[None]).reshape(rows.shape[0], q.shape[0], groups, -1).sum(-1)
+    y = (sums.float() * self.scales.t()[None]).sum(-1) * s  # exact int32 group sums, scaled: W4A8 in torch
+    y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+    return y if residual is None else residual + y
+
+
+W4A8Linear.forward = _torch_gemm_forward
+"""
+
+
+def test_port_running_the_gemm_in_torch_fails_w4a8_execution(tmp_path):
+    """W4A8 to the bit, but the GEMM in torch integer ops (no matmul op, no floating tensor of a
+    weight's shape) beside a token Triton launch handed every packed weight: numerics and the
+    int8-code test cannot tell; skipping the launches handed a layer's weights leaves its output
+    as it was."""
+    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
+    target = tree / "w4a8_inference/qwen3.py"
+    target.write_text(target.read_text() + TORCH_GEMM_PORT)
+    result = check("w4a8_execution", spec, tree, base)
+    assert result.status == "fail" and result.category == "not_w4a8", result.summary
+    assert "outside Triton" in result.summary and "model.layers." in result.summary
+    assert check("numerics", spec, tree, base).status == "pass", "numerics alone was expected to pass this port"
+
+
 def test_port_ignoring_use_triton_fails_w4a8_execution(tmp_path):
     """use_triton=True quietly running the torch-native W4A8 path: the GEMMs run outside Triton."""
     spec, tree, base = gold_port("qwen3_moe_w4a8", tmp_path)

@@ -359,7 +359,8 @@ def check_w4a8_execution(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckR
     no torch op touches a floating tensor of a quantized layer's weight shape (or a fusion of
     siblings), no torch matmul takes one of any dtype, the model keeps about the packed int4 bytes
     as integers, one forward's Triton launches are handed them, and the modules holding them see
-    their input only through its per-token int8 codes (probes/int8_grid.py)."""
+    their input only through its per-token int8 codes and lose their output when the launches handed
+    their weights are skipped (probes/int8_grid.py)."""
     name, timeout = check.name or "w4a8_execution", _timeout(check)
     args = {**_args(spec, check, spec.target, ops=["execution"]), "use_triton": True}
     cand = probe_candidate(tree, "model_probe", args, timeout)
@@ -393,6 +394,11 @@ def check_w4a8_execution(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckR
         return CheckResult(**fail, summary=f"one forward's {seen['launches']} Triton launches were handed {share:.0%} "
                                            "of the model's packed weights: every quantized GEMM must run in Triton")
     grid = seen["int8_grid"]
+    if grid["gemm_in_torch"]:
+        first = grid["gemm_in_torch"][0]
+        return CheckResult(**fail, summary=f"{first['module']} gave the same output with the {first['skipped']} Triton "
+                                           "launches handed its packed weights skipped: its GEMM runs outside Triton "
+                                           "(in torch), the launches do none of its work")
     if grid["moved"]:
         worst = max(grid["moved"], key=lambda m: m["apart"])
         return CheckResult(**fail, summary=f"{worst['module']} gave outputs {worst['apart']:.2%} apart (rel. L2) for "
@@ -404,4 +410,5 @@ def check_w4a8_execution(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckR
                        summary=f"{seen['layers']} quantized layers held as packed int4 ({ratio:.2f}x the checkpoint's "
                                f"bytes), {share:.0%} of them handed to {seen['launches']} Triton launches in one "
                                f"forward, no torch GEMM or dequantized weight; {len(grid['tested'])} modules holding "
-                               "them gave the same output for inputs with the same int8 codes")
+                               "them gave the same output for inputs with the same int8 codes, "
+                               f"{len(grid['gemm_in_triton'])} lost it without the launches handed their weights")

@@ -1,5 +1,5 @@
 """Do a model's quantized layers see their input only through its per-token int8 codes? Executed
-as text ahead of a probe (model_probe.py), after spies.py (whose OpSpy it uses); it imports only torch.
+as text ahead of a probe (model_probe.py), after spies.py (whose OpSpy and LaunchSpy it uses); it imports only torch.
 
 W4A8 quantizes each activation row as x_q = round(x / s), s = absmax(row) / 127, and the GEMM
 sees x_q and s alone: two inputs with the same absmax element whose other elements sit within
@@ -18,9 +18,16 @@ is not repeatable and left out; so is one whose output ignores a doubling of its
 RMSNorm in front of the quantization: its pre-norm input says nothing of the codes), and one
 running a floating torch GEMM on its input (a MoE block with its router: the routing weights move
 with the input whatever the experts do).
+
+Every module called and repeatable, those left out of the code test included, is also called on
+new codes with the Triton launches handed its integer tensors skipped (spies.LaunchSpy): where
+its GEMM runs in those launches the output is lost (garbage, zeros or a stale buffer); where it
+stays as it was, the GEMM ran in torch beside a launch that was handed the weights and did none
+of the work.
 """
 
 import copy
+import math
 import re
 
 import torch
@@ -78,7 +85,8 @@ def _apart(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)) or not a:
         return float("inf")
     a, b = torch.cat(a), torch.cat(b)
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+    apart = float((a - b).norm() / b.norm().clamp_min(1e-30))
+    return apart if math.isfinite(apart) else float("inf")  # a skipped kernel's garbage may be NaN
 
 
 def _floating_gemm_on(calls: list[dict], width: int) -> bool:
@@ -132,7 +140,7 @@ def int8_grid(model: torch.nn.Module, ids: torch.Tensor, min_bytes: int) -> dict
     finally:
         for handle in handles:
             handle.remove()
-    tested, moved = [], []
+    tested, moved, in_triton, in_torch = [], [], [], []
     for name in chosen:
         if name not in calls:
             untested[name] = "not called in a forward (run through another method)"
@@ -161,6 +169,9 @@ def int8_grid(model: torch.nn.Module, ids: torch.Tensor, min_bytes: int) -> dict
             untested[name] = f"raised {type(err).__name__} when called alone: {str(err)[:160]}"
             continue
         noise, apart = _apart(again, first), _apart(shifted, first)
+        if noise <= MOVED_TOL / 10:
+            skipped = _without_its_launches(run, grid_pair(x, seed=1000 + len(tested))[0], owners[name][1])
+            (in_torch if skipped["apart"] <= MOVED_TOL else in_triton).append({"module": name, **skipped})
         if _floating_gemm_on(ops.calls, x.shape[-1]):
             untested[name] = "runs a floating torch GEMM on its input too (a router?)"
         elif noise > MOVED_TOL / 10:
@@ -171,5 +182,19 @@ def int8_grid(model: torch.nn.Module, ids: torch.Tensor, min_bytes: int) -> dict
             (moved if apart > MOVED_TOL else tested).append({"module": name, "apart": apart})
     total = {p: n for _, storages in owners.values() for p, n in storages.items()}
     checked = {p: n for entry in tested for p, n in owners[entry["module"]][1].items()}
-    return {"tested": tested, "moved": moved, "untested": untested,
-            "bytes": {"owned": sum(total.values()), "tested": sum(checked.values())}}
+    return {"tested": tested, "moved": moved, "untested": untested, "gemm_in_triton": in_triton,
+            "gemm_in_torch": in_torch, "bytes": {"owned": sum(total.values()), "tested": sum(checked.values())}}
+
+
+def _without_its_launches(run, x: torch.Tensor, storages: dict) -> dict:
+    """{"apart", "skipped"}: how far the module's output on x moves when the Triton launches handed
+    its integer tensors do not run (a first call on x, so no buffer holds x's answer yet), and how
+    many launches that skipped. A call that raises without them needed them: apart inf."""
+    with LaunchSpy(skip_handed=list(storages.items())) as spy:  # spies.py
+        try:
+            without = run(x)
+        except Exception:
+            without = None
+    handed = [launch for launch in spy.launches
+              if any(lo <= t["start"] < lo + n for t in launch["tensors"] for lo, n in storages.items())]
+    return {"apart": float("inf") if without is None else _apart(without, run(x)), "skipped": len(handed)}

@@ -45,23 +45,37 @@ class OpSpy(TorchDispatchMode):
 class LaunchSpy:
     """Each Triton launch in the block: {"kernel", "tensors": [facts + "start", "nbytes"]}. With
     `run_kernels=False` the launches are recorded and not run (what a call computes without its
-    Triton kernels tells whether they do its work)."""
+    Triton kernels tells whether they do its work); with `skip_handed` [(start, nbytes), ...] only
+    those handed a tensor inside one of these storages are not run."""
 
     launches: list[dict] = []
     recording = False
     skipping = False
+    skip_spans: list[tuple[int, int]] = []
     installed = False
 
-    def __init__(self, run_kernels: bool = True):
-        self.run_kernels = run_kernels
+    def __init__(self, run_kernels: bool = True, skip_handed=()):
+        self.run_kernels, self.spans = run_kernels, [(start, start + n) for start, n in skip_handed]
 
     def __enter__(self):
         self.install()
-        LaunchSpy.launches, LaunchSpy.recording, LaunchSpy.skipping = [], True, not self.run_kernels
+        self.launches = LaunchSpy.launches = []
+        LaunchSpy.recording, LaunchSpy.skipping, LaunchSpy.skip_spans = True, not self.run_kernels, self.spans
         return self
 
     def __exit__(self, *exc):
         LaunchSpy.recording = LaunchSpy.skipping = False
+        LaunchSpy.skip_spans = []
+
+    @classmethod
+    def seen(cls, kernel: str, args: tuple, kwargs: dict) -> bool:
+        """Record one launch; True when it must not run."""
+        if not cls.recording:
+            return False
+        tensors = [{**tensor_facts(t), "start": t.data_ptr(), "nbytes": t.numel() * t.element_size()}
+                   for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+        cls.launches.append({"kernel": kernel, "tensors": tensors})
+        return cls.skipping or any(lo <= t["start"] < hi for t in tensors for lo, hi in cls.skip_spans)
 
     @classmethod
     def install(cls) -> None:
@@ -80,17 +94,30 @@ class LaunchSpy:
             original = target.run
 
             def run(self, *args, _original=original, **kwargs):
-                if LaunchSpy.recording:
-                    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
-                    LaunchSpy.launches.append({
-                        "kernel": getattr(getattr(self, "fn", None), "__name__", "?"),
-                        "tensors": [{**tensor_facts(t), "start": t.data_ptr(), "nbytes": t.numel() * t.element_size()}
-                                    for t in tensors]})
-                if LaunchSpy.skipping:
+                if cls.seen(getattr(getattr(self, "fn", None), "__name__", "?"), args, kwargs):
                     return None
                 return _original(self, *args, **kwargs)
 
             target.run = run
+        # A compiled kernel relaunched as `compiled[grid](*args)` skips JITFunction.run (the gold's
+        # kernels.launch.Launcher does, from a layer's second call on): watch that door too.
+        try:
+            from triton.compiler.compiler import CompiledKernel
+        except ImportError:
+            CompiledKernel = None
+        if CompiledKernel is not None and hasattr(CompiledKernel, "__getitem__"):
+            getitem = CompiledKernel.__getitem__
+
+            def spied_getitem(self, grid, _getitem=getitem):
+                runner = _getitem(self, grid)
+
+                def launch(*args, **kwargs):
+                    if cls.seen(getattr(self, "name", "?"), args, kwargs):
+                        return None
+                    return runner(*args, **kwargs)
+                return launch
+
+            CompiledKernel.__getitem__ = spied_getitem
         cls.installed = True
 
     def integer_bytes(self) -> int:
