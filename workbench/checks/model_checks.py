@@ -396,9 +396,9 @@ def check_w4a8_execution(spec: TaskSpec, check: CheckSpec, tree: Path) -> CheckR
     grid = seen["int8_grid"]
     if grid["gemm_in_torch"]:
         first = grid["gemm_in_torch"][0]
-        return CheckResult(**fail, summary=f"{first['module']} gave the same output with the {first['skipped']} Triton "
-                                           "launches handed its packed weights skipped: its GEMM runs outside Triton "
-                                           "(in torch), the launches do none of its work")
+        return CheckResult(**fail, summary=f"{first['module']} gave the same output with the Triton launches handed "
+                                           f"its packed weights skipped ({first['skipped']} skipped): its GEMM runs "
+                                           "outside Triton (in torch), those launches do none of its work")
     if grid["moved"]:
         worst = max(grid["moved"], key=lambda m: m["apart"])
         return CheckResult(**fail, summary=f"{worst['module']} gave outputs {worst['apart']:.2%} apart (rel. L2) for "
