@@ -170,3 +170,24 @@ def test_skipping_the_launches_handed_the_weights_tells_where_the_gemm_runs():
     assert found["moved"] == [] and len(found["tested"]) == 2
     found = report(Linear4(), NormFirst())
     assert [(m["module"], m["skipped"]) for m in found["gemm_in_torch"]] == [("layers.0", 0), ("layers.1", 0)]
+
+
+class GraphReplay(TritonLinear4):
+    """Its Triton GEMM captured once into a CUDA graph and replayed: launches the spy cannot skip."""
+
+    def forward(self, x):
+        if not hasattr(self, "graph"):
+            self.static_x = x.clone()
+            super().forward(self.static_x)  # compile outside the capture
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_y = super().forward(self.static_x)
+        self.static_x.copy_(x)
+        self.graph.replay()
+        return self.static_y.clone()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_a_layer_replaying_a_cuda_graph_is_left_out_of_the_launch_test():
+    found = report(GraphReplay())
+    assert found["gemm_in_torch"] == [] and "replays a CUDA graph" in found["untested"]["layers.0 (launches skipped)"]

@@ -171,7 +171,10 @@ def int8_grid(model: torch.nn.Module, ids: torch.Tensor, min_bytes: int) -> dict
         noise, apart = _apart(again, first), _apart(shifted, first)
         if noise <= MOVED_TOL / 10:
             skipped = _without_its_launches(run, grid_pair(x, seed=1000 + len(tested))[0], owners[name][1])
-            (in_torch if skipped["apart"] <= MOVED_TOL else in_triton).append({"module": name, **skipped})
+            if skipped["replays"]:
+                untested[f"{name} (launches skipped)"] = "replays a CUDA graph, whose launches cannot be skipped"
+            else:
+                (in_torch if skipped["apart"] <= MOVED_TOL else in_triton).append({"module": name, **skipped})
         if _floating_gemm_on(ops.calls, x.shape[-1]):
             untested[name] = "runs a floating torch GEMM on its input too (a router?)"
         elif noise > MOVED_TOL / 10:
@@ -187,9 +190,10 @@ def int8_grid(model: torch.nn.Module, ids: torch.Tensor, min_bytes: int) -> dict
 
 
 def _without_its_launches(run, x: torch.Tensor, storages: dict) -> dict:
-    """{"apart", "skipped"}: how far the module's output on x moves when the Triton launches handed
-    its integer tensors do not run (a first call on x, so no buffer holds x's answer yet), and how
-    many launches that skipped. A call that raises without them needed them: apart inf."""
+    """{"apart", "skipped", "replays"}: how far the module's output on x moves when the Triton
+    launches handed its integer tensors do not run (a first call on x, so no buffer holds x's answer
+    yet), how many launches that skipped, and how many CUDA graphs it replayed (their kernels run
+    unseen). A call that raises without them needed them: apart inf."""
     with LaunchSpy(skip_handed=list(storages.items())) as spy:  # spies.py
         try:
             without = run(x)
@@ -197,4 +201,5 @@ def _without_its_launches(run, x: torch.Tensor, storages: dict) -> dict:
             without = None
     handed = [launch for launch in spy.launches
               if any(lo <= t["start"] < lo + n for t in launch["tensors"] for lo, n in storages.items())]
-    return {"apart": float("inf") if without is None else _apart(without, run(x)), "skipped": len(handed)}
+    return {"apart": float("inf") if without is None else _apart(without, run(x)), "skipped": len(handed),
+            "replays": spy.replays}

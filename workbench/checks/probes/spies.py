@@ -49,6 +49,7 @@ class LaunchSpy:
     those handed a tensor inside one of these storages are not run."""
 
     launches: list[dict] = []
+    replays = 0  # CUDA graph replays in the block: their kernels launch unseen, and cannot be skipped
     recording = False
     skipping = False
     skip_spans: list[tuple[int, int]] = []
@@ -60,12 +61,14 @@ class LaunchSpy:
     def __enter__(self):
         self.install()
         self.launches = LaunchSpy.launches = []
+        LaunchSpy.replays = 0
         LaunchSpy.recording, LaunchSpy.skipping, LaunchSpy.skip_spans = True, not self.run_kernels, self.spans
         return self
 
     def __exit__(self, *exc):
         LaunchSpy.recording = LaunchSpy.skipping = False
         LaunchSpy.skip_spans = []
+        self.replays = LaunchSpy.replays
 
     @classmethod
     def seen(cls, kernel: str, args: tuple, kwargs: dict) -> bool:
@@ -118,6 +121,13 @@ class LaunchSpy:
                 return launch
 
             CompiledKernel.__getitem__ = spied_getitem
+        replay = torch.cuda.CUDAGraph.replay
+
+        def spied_replay(self, _replay=replay):
+            cls.replays += cls.recording
+            return _replay(self)
+
+        torch.cuda.CUDAGraph.replay = spied_replay
         cls.installed = True
 
     def integer_bytes(self) -> int:
