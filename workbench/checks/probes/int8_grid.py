@@ -1,5 +1,6 @@
 """Do a model's quantized layers see their input only through its per-token int8 codes? Executed
-as text ahead of a probe (model_probe.py), after spies.py (whose OpSpy and LaunchSpy it uses); it imports only torch.
+as text ahead of a probe (model_probe.py), after spies.py (whose OpSpy and LaunchSpy it uses); it
+imports only torch.
 
 W4A8 quantizes each activation row as x_q = round(x / s), s = absmax(row) / 127, and the GEMM
 sees x_q and s alone: two inputs with the same absmax element whose other elements sit within
@@ -199,7 +200,5 @@ def _without_its_launches(run, x: torch.Tensor, storages: dict) -> dict:
             without = run(x)
         except Exception:
             without = None
-    handed = [launch for launch in spy.launches
-              if any(lo <= t["start"] < lo + n for t in launch["tensors"] for lo, n in storages.items())]
-    return {"apart": float("inf") if without is None else _apart(without, run(x)), "skipped": len(handed),
-            "replays": spy.replays}
+    return {"apart": float("inf") if without is None else _apart(without, run(x)),
+            "skipped": sum(launch["skipped"] for launch in spy.launches), "replays": spy.replays}

@@ -43,7 +43,7 @@ class OpSpy(TorchDispatchMode):
 
 
 class LaunchSpy:
-    """Each Triton launch in the block: {"kernel", "tensors": [facts + "start", "nbytes"]}. With
+    """Each Triton launch in the block: {"kernel", "tensors": [facts + "start", "nbytes"], "skipped"}. With
     `run_kernels=False` the launches are recorded and not run (what a call computes without its
     Triton kernels tells whether they do its work); with `skip_handed` [(start, nbytes), ...] only
     those handed a tensor inside one of these storages are not run."""
@@ -77,8 +77,9 @@ class LaunchSpy:
             return False
         tensors = [{**tensor_facts(t), "start": t.data_ptr(), "nbytes": t.numel() * t.element_size()}
                    for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
-        cls.launches.append({"kernel": kernel, "tensors": tensors})
-        return cls.skipping or any(lo <= t["start"] < hi for t in tensors for lo, hi in cls.skip_spans)
+        skip = cls.skipping or any(lo <= t["start"] < hi for t in tensors for lo, hi in cls.skip_spans)
+        cls.launches.append({"kernel": kernel, "tensors": tensors, "skipped": skip})
+        return skip
 
     @classmethod
     def install(cls) -> None:
