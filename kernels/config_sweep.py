@@ -1,7 +1,7 @@
 """Config sweep for the W4A8 GEMM: every candidate launch config, then warp/stage variants of
 the three fastest, timed on the GPU and checked against the reference.
 
-    python -m kernels.config_sweep [decode|prefill|all|moe|moe-sum|moe-glu]
+    python -m kernels.config_sweep [decode|prefill|all|moe|moe-sum|moe-glu|gemv-rows]
 
 Prints, per shape, the bf16 time and the six fastest configs. This is the evidence behind the
 candidate lists in `w4a8_gemm.candidate_configs` and the "what holds the rest back" section of
@@ -13,7 +13,8 @@ on Qwen3-30B-A3B's expert layers at 8 and 128 slots (batch 1 and 16): the eviden
 sums the slots (`w4a8_moe_gemv_sum`) against the GEMV and `sum_slots` it replaces (`moe-sum`: that
 part alone). `moe-glu` times the expert MLP with SiLU-mul in the gate/up GEMV's epilogue against
 the three launches it replaces (`sweep_moe_glu`). Expert ids are drawn afresh for each of 16 calls
-in the graph, so the weights come from HBM as at decode.
+in the graph, so the weights come from HBM as at decode. `gemv-rows` times the dp4a GEMV against the
+tensor-core tile at 8 and 16 rows, above GEMV_MAX_M (`sweep_gemv_rows`).
 """
 
 import itertools
@@ -23,9 +24,10 @@ import torch
 
 from .act_quant import per_token_quant_int8
 from .autotune import graph_ms
-from .packing import pack_w4a8
+from .packing import pack_w4a8, padded_k
 from .reference import quantize_weight, w4a8_linear_ref
 from .w4a8_gemm import _launch, candidate_configs, sm_count
+from .w4a8_gemv import gemv_configs, is_gemv
 from .fused_act import silu_mul_quant
 from .w4a8_moe import (GEMV_SUM_MIN_TOKENS, moe_gemv_candidates, moe_gemv_sum_candidates, route_by_expert, sum_slots,
                        w4a8_moe_gemm, w4a8_moe_gemv, w4a8_moe_gemv_glu, w4a8_moe_gemv_sum)
@@ -185,11 +187,43 @@ def sweep_moe_glu(slots: int, experts: int = 128, hidden: int = 2048, inter: int
             print(f"   {what} {cfg}: {t:.1f} us", flush=True)
 
 
+GEMV_ROWS_SHAPES = [("8B gate_up", 24576, 4096), ("8B down", 4096, 12288), ("8B qkv", 6144, 4096),
+                    ("32B gate_up", 51200, 5120), ("30B-A3B qkv", 5120, 2048)]
+
+
+def sweep_gemv_rows(m: int, name: str, n: int, k: int, group_size: int = 128) -> None:
+    """The dp4a GEMV (its configs at ROWS = next power of 2 of m) against the tensor-core decode tile
+    at a batch above GEMV_MAX_M, the best config of each, weights rotated over copies past L2: the
+    evidence for GEMV_MAX_M."""
+    q, s = quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5, group_size)
+    scales = s.t().contiguous()
+    copies = [pack_w4a8(q, group_size) for _ in range(max(1, -(-200_000_000 // (n * k // 2))))]
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    ref = w4a8_linear_ref(x, q, s).float()
+    sms = sm_count(torch.device("cuda"))
+    best = {}
+    gemv = gemv_configs(m, n, padded_k(k, group_size), group_size, sms)
+    for cfg in candidate_configs(m, n, k, group_size, sms) + gemv:
+        fns = [lambda w=w: _launch(*per_token_quant_int8(x), w, scales, None, group_size, torch.bfloat16, cfg)
+               for w in copies]
+        assert ((fns[0]().float() - ref).abs().max() / ref.abs().max()).item() < 1e-2, cfg
+        t, kind = graph_us(fns, calls=len(fns) * max(1, 20 // len(fns))), "gemv" if is_gemv(cfg) else "tile"
+        if kind not in best or t < best[kind][0]:
+            best[kind] = (t, cfg)
+    (t_tile, _), (t_gemv, cfg) = best["tile"], best["gemv"]
+    print(f"{name} M={m}: tensor-core tile {t_tile:.1f} us, dp4a GEMV {t_gemv:.1f} us (x{t_tile / t_gemv:.2f}) {cfg}",
+          flush=True)
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     if which in ("moe", "moe-sum"):
         for slots in (8, 128):
             sweep_moe(slots, summed_only=which == "moe-sum")
+    if which == "gemv-rows":
+        for shape in GEMV_ROWS_SHAPES:
+            for m in (16, 8):
+                sweep_gemv_rows(m, *shape)
     if which == "moe-glu":
         for slots in (8, 128):
             sweep_moe_glu(slots)
