@@ -475,20 +475,6 @@ W4A8Linear.forward = _two_pass_forward
 """
 
 
-@pytest.mark.parametrize("port", [W4A16_TRITON_PORT, TWO_PASS_PORT], ids=["w4a16_triton", "int8_two_pass"])
-def test_port_with_activations_finer_than_int8_fails_w4a8_execution(port, tmp_path):
-    """Every GEMM a Triton kernel on the packed int4 weights, so every structural test passes, and
-    numerics cannot tell (W4A16 sits where right ports do): a Triton W4A16 GEMV (bf16 activations),
-    or the gold's W4A8 GEMM run twice to add back the activations' rounding error."""
-    spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
-    target = tree / "w4a8_inference/qwen3.py"
-    target.write_text(target.read_text() + port)
-    result = check("w4a8_execution", spec, tree, base)
-    assert result.status == "fail" and result.category == "not_w4a8", result.summary
-    assert "same per-token int8 codes" in result.summary and "model.layers." in result.summary
-    assert check("numerics", spec, tree, base).status == "pass", "numerics alone was expected to pass this port"
-
-
 TORCH_GEMM_PORT = """
 import torch
 import triton
@@ -520,17 +506,22 @@ W4A8Linear.forward = _torch_gemm_forward
 """
 
 
-def test_port_running_the_gemm_in_torch_fails_w4a8_execution(tmp_path):
-    """W4A8 to the bit, but the GEMM in torch integer ops (no matmul op, no floating tensor of a
-    weight's shape) beside a token Triton launch handed every packed weight: numerics and the
-    int8-code test cannot tell; skipping the launches handed a layer's weights leaves its output
-    as it was."""
+@pytest.mark.parametrize("port, why", [(W4A16_TRITON_PORT, "same per-token int8 codes"),
+                                       (TWO_PASS_PORT, "same per-token int8 codes"),
+                                       (TORCH_GEMM_PORT, "outside Triton")],
+                         ids=["w4a16_triton", "int8_two_pass", "torch_gemm"])
+def test_port_passing_numerics_without_w4a8_gemms_in_triton_fails_w4a8_execution(port, why, tmp_path):
+    """Ports numerics cannot tell from right ones, each with every structural test passed: a Triton
+    W4A16 GEMV (bf16 activations) or the gold's W4A8 GEMM run twice to add back the activations'
+    rounding error (every GEMM a Triton kernel on the packed int4 weights), and W4A8 to the bit with
+    the GEMM in torch integer ops (no matmul op, no floating tensor of a weight's shape) beside a
+    token Triton launch handed every packed weight."""
     spec, tree, base = gold_port("qwen3_w4a8", tmp_path)
     target = tree / "w4a8_inference/qwen3.py"
-    target.write_text(target.read_text() + TORCH_GEMM_PORT)
+    target.write_text(target.read_text() + port)
     result = check("w4a8_execution", spec, tree, base)
     assert result.status == "fail" and result.category == "not_w4a8", result.summary
-    assert "outside Triton" in result.summary and "model.layers." in result.summary
+    assert why in result.summary and "model.layers." in result.summary
     assert check("numerics", spec, tree, base).status == "pass", "numerics alone was expected to pass this port"
 
 
