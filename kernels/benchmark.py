@@ -6,7 +6,10 @@ For each layer (real Qwen3-8B / 32B / 30B-A3B shapes) and M it prints microsecon
 - bf16:   `x @ w.t()` (cuBLAS), x and w bf16;
 - int_mm: `torch._int_mm(x_q, w_t)` with w_t column-major [K, N] (GEMM only: no activation
   quantization, no scaling; M <= 16 is padded to 32 because _int_mm needs M > 16);
-- w4a8:   `kernels.w4a8_gemm` from bf16 x, per-token activation quantization included;
+- w4a8:   `kernels.w4a8_gemm` from bf16 x, per-token activation quantization included, at the
+  config the autotuner picks (shipped, cached or timed);
+- fused / unpacked (M >= 256): the same call at the best config of each prefill path, timed here:
+  the fused tile (int4 unpacked in registers) and unpack + int8 GEMM (w4a8_unpacked.py);
 - roof:   max(bytes / HBM bandwidth, int8 ops / int8 peak), datasheet peaks of the named GPU;
 and the W4A8 speedup over bf16, over int_mm, and its share of the roofline. Medians of
 `triton.testing.do_bench` over CUDA-graph replays (no Python launch overhead); weights are
@@ -22,7 +25,8 @@ import triton
 from .autotune import graph_ms
 from .packing import pack_w4a8
 from .reference import quantize_weight
-from .w4a8_gemm import w4a8_gemm
+from .w4a8_gemm import candidate_configs, sm_count, w4a8_gemm
+from .w4a8_unpacked import UNPACK_MIN_M, is_unpacked
 
 LAYERS = [  # name, N, K (../shared/REFERENCE.md, "Kernels and limits")
     ("8B qkv", 6144, 4096), ("8B gate_up", 24576, 4096), ("8B down", 4096, 12288),
@@ -74,11 +78,19 @@ def bench_layer(name: str, n: int, k: int, ms: list[int], group_size: int, bw: f
         t_bf16 = _time_us([lambda wi=wi: x @ wi.t() for wi in wb])
         t_int = _time_us([lambda wi=wi: torch._int_mm(x_pad, wi) for wi in w8])
         t_w4 = _time_us([lambda p=p, sc=sc: w4a8_gemm(x, p, sc, group_size) for p, sc in w4])
+        paths = {}
+        if m >= UNPACK_MIN_M:
+            for config in candidate_configs(m, n, k, group_size, sm_count(x.device)):
+                path = "unpacked" if is_unpacked(config) else "fused"
+                t = _time_us([lambda p=p, sc=sc, c=config: w4a8_gemm(x, p, sc, group_size, config=c) for p, sc in w4])
+                paths[path] = min(paths.get(path, float("inf")), t)
         roof = roofline_us(m, n, k, group_size, bw, peak)
         rows.append(dict(layer=name, N=n, K=k, M=m, bf16_us=t_bf16, int_mm_us=t_int, w4a8_us=t_w4,
+                         fused_us=paths.get("fused"), unpacked_us=paths.get("unpacked"),
                          roof_us=roof, speedup_bf16=t_bf16 / t_w4, speedup_int_mm=t_int / t_w4,
                          pct_roof=100 * roof / t_w4, weight_bw_pct=100 * (n * k / 2 / (t_w4 * 1e-6)) / bw))
-        print(f"{name:12s} M={m:5d}  bf16 {t_bf16:9.1f}  int_mm {t_int:9.1f}  w4a8 {t_w4:9.1f}  "
+        by_path = "".join(f"  {path} {t:8.1f}" for path, t in paths.items())
+        print(f"{name:12s} M={m:5d}  bf16 {t_bf16:9.1f}  int_mm {t_int:9.1f}  w4a8 {t_w4:9.1f}{by_path}  "
               f"roof {roof:8.1f}  x{t_bf16 / t_w4:5.2f} vs bf16", flush=True)
     del wb, w4, w8
     torch.cuda.empty_cache()
@@ -86,12 +98,13 @@ def bench_layer(name: str, n: int, k: int, ms: list[int], group_size: int, bw: f
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| layer | N | K | M | bf16 us | int_mm us | W4A8 us | roofline us | vs bf16 | vs int_mm "
-            "| % roofline | weight GB/s % |\n" + "|---" * 12 + "|\n")
+    head = ("| layer | N | K | M | bf16 us | int_mm us | W4A8 us | fused us | unpacked us | roofline us | vs bf16 "
+            "| vs int_mm | % roofline | weight GB/s % |\n" + "|---" * 14 + "|\n")
+    opt = (lambda t: f"{t:.1f}" if t is not None else "-")
     body = "".join(
         f"| {r['layer']} | {r['N']} | {r['K']} | {r['M']} | {r['bf16_us']:.1f} | {r['int_mm_us']:.1f} "
-        f"| {r['w4a8_us']:.1f} | {r['roof_us']:.1f} | {r['speedup_bf16']:.2f}x | {r['speedup_int_mm']:.2f}x "
-        f"| {r['pct_roof']:.0f}% | {r['weight_bw_pct']:.0f}% |\n" for r in rows)
+        f"| {r['w4a8_us']:.1f} | {opt(r['fused_us'])} | {opt(r['unpacked_us'])} | {r['roof_us']:.1f} "
+        f"| {r['speedup_bf16']:.2f}x | {r['speedup_int_mm']:.2f}x | {r['pct_roof']:.0f}% | {r['weight_bw_pct']:.0f}% |\n" for r in rows)
     return head + body
 
 

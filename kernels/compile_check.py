@@ -34,6 +34,7 @@ from .qk_rope import qk_norm_rope_store
 from .w4a8_gemm import DECODE_MAX_M, candidate_configs, decode_plan, w4a8_gemm
 from .w4a8_moe import (GEMV_MAX_SLOTS, route_by_expert, sum_slots, w4a8_moe_gemm, w4a8_moe_gemv,
                        w4a8_moe_gemv_glu, w4a8_moe_gemv_sum)
+from .w4a8_unpacked import is_unpacked
 from .w8a8_gemm import candidate_configs as w8a8_candidate_configs, w8a8_gemm
 
 # Qwen3 shapes (../shared/REFERENCE.md): hidden, q heads, kv heads, head dim, MLP width; MoE:
@@ -77,9 +78,12 @@ def sweep_dense(s: Sweep, name: str, n: int, k: int, m: int, group_size: int) ->
     x = torch.empty(m, k, dtype=torch.bfloat16)
     x_q, x_scale = torch.empty(m, k, dtype=torch.int8), torch.empty(m, 1, dtype=torch.float32)
     configs = candidate_configs(m, n, k, group_size, s.fake.properties["multiprocessor_count"])  # split-K defaults
-    for i, config in enumerate(configs if s.candidates else configs[:1]):
-        s.run(f"{name} M={m} g={group_size} config {i}",
-              lambda: w4a8_gemm(x_q, packed, scales, group_size, x_scale=x_scale, config=config))
+    # untuned: the first config, and the first of the unpack + int8 GEMM path the tuner may pick
+    first = [0] + [i for i, c in enumerate(configs) if is_unpacked(c)][:1]
+    for i, config in enumerate(configs):
+        if s.candidates or i in first:
+            s.run(f"{name} M={m} g={group_size} config {i}",
+                  lambda: w4a8_gemm(x_q, packed, scales, group_size, x_scale=x_scale, config=config))
     if m <= DECODE_MAX_M:
         plans = []
         s.run(f"{name} M={m} g={group_size} decode plan",

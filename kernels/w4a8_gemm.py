@@ -16,7 +16,8 @@ Two launch strategies, chosen by M:
   that a second kernel sums in a fixed order (split_k.py);
 - prefill (M > 16): classic tiled GEMM, grouped program order for L2 reuse of weight tiles.
 For M <= 4 the candidates also hold the dp4a GEMV of w4a8_gemv.py (CUDA cores, no MMA padding),
-which the autotuner picked on every Qwen3 layer of the H100 at M = 1 and 4.
+which the autotuner picked on every Qwen3 layer of the H100 at M = 1 and 4; from M = 256 on they
+also hold the unpack + int8 GEMM of w4a8_unpacked.py (1.3-1.5x this kernel at M >= 1024 per group).
 Configs come from `autotune.pick_config`, keyed on bucketed M and cached per GPU name.
 """
 
@@ -36,6 +37,7 @@ from .pdl import pdl, pdl_enter
 from .reference import check_group_size
 from .split_k import _split_k_reduce_kernel, reduce_split_k, split_range, store_tile
 from .w4a8_gemv import GEMV_MAX_M, _w4a8_gemv_kernel, gemv_configs, gemv_grid, is_gemv, launch_gemv
+from .w4a8_unpacked import UNPACK_MIN_M, is_unpacked, launch_unpacked, unpacked_configs
 from .w8a8_gemm import grouped_tile
 
 DECODE_MAX_M = 16
@@ -170,7 +172,7 @@ def candidate_configs(m: int, n: int, k: int, group_size: int, sms: int) -> list
         seen.add((bm, bn, bk, warps, stages))
         configs.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1, GROUP_N=8,
                             num_warps=warps, num_stages=stages))
-    return configs
+    return configs + (unpacked_configs(group_size) if m >= UNPACK_MIN_M else [])
 
 
 def _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config, residual=None) -> torch.Tensor:
@@ -182,6 +184,8 @@ def _launch(x_q, x_scale, packed_w, w_scale, bias, group_size, out_dtype, config
     tile_residual = residual if split == 1 else None  # else added by the reduction
     if is_gemv(config):
         launch_gemv(x_q, x_scale, packed_w, w_scale, bias, group_size, target, config, tile_residual)
+    elif is_unpacked(config):
+        launch_unpacked(x_q, x_scale, packed_w, w_scale, bias, group_size, target, config, tile_residual)
     else:
         _w4a8_gemm_kernel[(triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), split)](
             x_q, x_scale, packed_w, w_scale, bias if bias is not None else w_scale,

@@ -82,6 +82,7 @@ def test_every_kernel_of_the_package_builds(sweeps):
 def test_kernels_take_the_instructions_they_were_written_for(sweeps):
     builds = [b for s in sweeps.values() for b in s["builds"]]
     wanted = {"_w4a8_gemm_kernel": "IGMMA", "_w4a8_moe_kernel": "IGMMA",  # wgmma, int8 (W . x^T: w is A)
+              "_w8_unpacked_gemm_kernel": "IGMMA",  # wgmma, int8, both operands from shared memory
               "_w4a8_gemv_kernel": "IDP.4A", "_w4a8_moe_gemv_kernel": "IDP.4A",  # dp4a on packed words
               "_w4a8_moe_gemv_sum_kernel": "IDP.4A", "_w4a8_moe_gemv_glu_kernel": "IDP.4A"}
     for b in builds:
