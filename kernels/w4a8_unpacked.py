@@ -8,9 +8,9 @@ tile in registers and hands it to wgmma as the register operand, which serialize
 plain int8 [N, K_pad] matrix that the software pipeline prefetches like any GEMM operand: per
 group of 128 the GEMM alone ran 1.55-1.88x faster than the fused kernel, unpack and activation
 quantization included 1.31-1.46x (0.66-0.97x bf16); per channel 1.71-2.15x (1.02-1.48x bf16). The
-unpack reads N * K_pad / 2 bytes and writes N * K_pad (56 us for 8B gate_up, ~2.7 TB/s): at M >= 256
-that is a few percent of the GEMM, as vLLM's AWQ path dequantizes above 256 tokens for the same
-reason. The autotuner (w4a8_gemm.candidate_configs) times these configs beside the fused tiles
+unpack reads N * K_pad / 2 bytes and writes N * K_pad (56 us for 8B gate_up, ~2.7 TB/s): 5% of that
+GEMM at M = 4096, 19% at 1024, and it does not grow with M (vLLM's AWQ path dequantizes from 256
+tokens on for the same reason). The autotuner (w4a8_gemm.candidate_configs) times these configs beside the fused tiles
 from M = 256 on and keeps whichever wins per shape.
 
 Per group, each K step lies in one group (BLOCK_K <= group size) and its int32 partial is scaled
@@ -18,7 +18,9 @@ before joining the fp32 accumulator, in natural K order (the fused kernel adds t
 high-nibble halves of a step in turn: the same sums, another fp32 order, within the contract).
 
 The scratch is allocated per call from torch's caching allocator (one layer's worth: 262 MB for
-Qwen3-32B gate_up) and not kept: the model holds only the packed int4 weights.
+Qwen3-32B gate_up) and not kept: the model holds only the packed int4 weights. (The checks'
+skipped-launch test would read a stale scratch as a GEMM done in torch; it never meets this path:
+the checks call a GEMM on at most 64 rows, under UNPACK_MIN_M.)
 """
 
 import torch
@@ -94,8 +96,10 @@ def unpacked_configs(group_size: int) -> list[dict]:
     """The unpack + int8 GEMM launch configs worth timing, best-measured first (H100, M = 1024 and
     4096: per group 128 x 64 tiles with 4 warps led on every layer, per channel the 8-warp 128/256
     tiles)."""
+    # per group each step's partial is waited for and rescaled: small 4-warp tiles let 2-3 programs
+    # share an SM and overlap one's rescale with another's MMA (3 stages: 72 KB of shared memory)
     tiles = [(128, 64, 128, 4, 4), (128, 128, 128, 8, 3), (256, 128, 128, 8, 3), (128, 256, 128, 8, 3),
-             (128, 128, 64, 4, 4)]
+             (128, 128, 64, 4, 4), (128, 64, 128, 4, 3), (64, 128, 128, 4, 3)]
     configs = []
     for bm, bn, bk, warps, stages in tiles:
         config = dict(UNPACKED=True, SPLIT_K=1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk if group_size == -1 else min(bk, group_size),
