@@ -17,7 +17,8 @@ Two launch strategies, chosen by M:
 - prefill (M > 16): classic tiled GEMM, grouped program order for L2 reuse of weight tiles.
 For M <= 4 the candidates also hold the dp4a GEMV of w4a8_gemv.py (CUDA cores, no MMA padding),
 which the autotuner picked on every Qwen3 layer of the H100 at M = 1 and 4; from M = 256 on they
-also hold the unpack + int8 GEMM of w4a8_unpacked.py (1.3-1.5x this kernel at M >= 1024 per group).
+also hold the unpack + int8 GEMM of w4a8_unpacked.py (H100, M >= 1024: 1.2-1.3x this kernel per
+group, 1.7-2.0x per channel).
 Configs come from `autotune.pick_config`, keyed on bucketed M and cached per GPU name.
 """
 

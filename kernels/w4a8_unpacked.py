@@ -6,10 +6,10 @@ Why two kernels beat the fused one at large M (H100, M = 1024 and 4096, the Qwen
 tile in registers and hands it to wgmma as the register operand, which serializes every K step
 (`warp_group_dot_wait 0`); it sat at 0.49-0.71x cuBLAS bf16. Unpacked once per call, the weight is a
 plain int8 [N, K_pad] matrix that the software pipeline prefetches like any GEMM operand: per
-group of 128 the GEMM alone ran 1.55-1.88x faster than the fused kernel, unpack and activation
-quantization included 1.31-1.46x (0.66-0.97x bf16); per channel 1.71-2.15x (1.02-1.48x bf16). The
-unpack reads N * K_pad / 2 bytes and writes N * K_pad (56 us for 8B gate_up, ~2.7 TB/s): 5% of that
-GEMM at M = 4096, 19% at 1024, and it does not grow with M (vLLM's AWQ path dequantizes from 256
+group of 128 the GEMM alone ran 1.42-1.70x faster than the fused kernel, unpack and activation
+quantization included 1.21-1.34x (0.61-0.90x bf16); per channel 1.71-2.04x (1.02-1.37x bf16). The
+unpack reads N * K_pad / 2 bytes and writes N * K_pad (56 us for 8B gate_up, ~2.7 TB/s): 4% of that
+GEMM at M = 4096, 17% at 1024, and it does not grow with M (vLLM's AWQ path dequantizes from 256
 tokens on for the same reason). The autotuner (w4a8_gemm.candidate_configs) times these configs beside the fused tiles
 from M = 256 on and keeps whichever wins per shape.
 
