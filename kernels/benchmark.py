@@ -21,6 +21,7 @@ import json
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from .autotune import graph_ms
 from .packing import pack_w4a8
@@ -82,7 +83,11 @@ def bench_layer(name: str, n: int, k: int, ms: list[int], group_size: int, bw: f
         if m >= UNPACK_MIN_M:
             for config in candidate_configs(m, n, k, group_size, sm_count(x.device)):
                 path = "unpacked" if is_unpacked(config) else "fused"
-                t = _time_us([lambda p=p, sc=sc, c=config: w4a8_gemm(x, p, sc, group_size, config=c) for p, sc in w4])
+                try:
+                    t = _time_us([lambda p=p, sc=sc, c=config: w4a8_gemm(x, p, sc, group_size, config=c)
+                                  for p, sc in w4])
+                except OutOfResources:  # skipped as the autotuner skips it
+                    continue
                 paths[path] = min(paths.get(path, float("inf")), t)
         roof = roofline_us(m, n, k, group_size, bw, peak)
         rows.append(dict(layer=name, N=n, K=k, M=m, bf16_us=t_bf16, int_mm_us=t_int, w4a8_us=t_w4,

@@ -2,9 +2,10 @@
 tensor-core GEMM whose both operands stream through shared memory.
 
 Why two kernels beat the fused one at large M (H100, M = 1024 and 4096, the Qwen3-8B/32B layers,
-`python -m kernels.benchmark --m 1024,4096`): the fused kernel (w4a8_gemm.py) unpacks each weight
-tile in registers and hands it to wgmma as the register operand, which serializes every K step
-(`warp_group_dot_wait 0`); it sat at 0.49-0.71x cuBLAS bf16. Unpacked once per call, the weight is a
+side by side in one run: README, "Prefill: unpack, then an int8 GEMM"; `python -m kernels.benchmark
+--m 1024,4096` prints the same comparison in its fused and unpacked columns): the fused kernel
+(w4a8_gemm.py) unpacks each weight tile in registers and hands it to wgmma as the register
+operand, which serializes every K step (`warp_group_dot_wait 0`); it sat at 0.49-0.71x cuBLAS bf16. Unpacked once per call, the weight is a
 plain int8 [N, K_pad] matrix that the software pipeline prefetches like any GEMM operand: per
 group of 128 the GEMM alone ran 1.42-1.70x faster than the fused kernel, unpack and activation
 quantization included 1.21-1.34x (0.61-0.90x bf16); per channel 1.71-2.04x (1.02-1.37x bf16). The
