@@ -14,7 +14,8 @@ import transformers
 from adapters.fusion import FusedMLP, TritonRMSNorm, fuse_w4a8
 from adapters.moe import FusedSparseMoE, W4A8Experts
 from adapters.decode_step import DecodeStepAttention, DecodeStepLayer
-from adapters.static_decode import DECODE_SLOT, StaticKVCache, _after_eos, _capturable, static_generate
+from adapters.static_decode import (DECODE_SLOT, PREFILL_LEN, StaticKVCache, _after_eos, _capturable, grouped_sdpa,
+                                    static_generate)
 from kernels import w4a8_moe
 from kernels.linear import attached_int8
 from kernels.pdl import pdl_enabled
@@ -63,6 +64,38 @@ def test_static_cache_decoding_is_greedy(family, quant_dir):
     out = static_generate(model, ids, 10, mask, use_graph=False)
     assert out.shape == (2, 6 + 10)
     assert_greedy(model, ids, mask, out)
+
+
+def test_unpadded_prefill_attends_causally_over_the_prompt_slots_only():
+    """The unpadded-prefill path (causal SDPA over slots [0, T), no mask) gives the masked path's
+    output, whatever the cache holds past T."""
+    torch.manual_seed(0)
+    b, hq, hkv, t, length, d = 1, 8, 2, 7, 12, 16
+    query = torch.randn(b, hq, t, d)
+    key, value = torch.randn(b, hkv, length, d), torch.randn(b, hkv, length, d)  # slots >= t: stale junk
+    allowed = torch.arange(length)[None, :] <= torch.arange(t)[:, None]
+    mask = torch.zeros(t, length).masked_fill_(~allowed, torch.finfo(torch.float32).min)[None, None]
+    masked, _ = grouped_sdpa(None, query, key, value, mask, scaling=d ** -0.5)
+    causal, _ = grouped_sdpa(None, query, key, value, mask, scaling=d ** -0.5, **{PREFILL_LEN: t})
+    torch.testing.assert_close(causal, masked, rtol=1e-5, atol=1e-5)
+    key[:, :, :t] += 1  # and the path reads the prompt's slots
+    assert not torch.allclose(grouped_sdpa(None, query, key, value, mask, **{PREFILL_LEN: t})[0], causal)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "ernie4_5_moe"])
+def test_unpadded_prompt_prefills_causally_and_decodes_greedy(family, quant_dir, monkeypatch):
+    model = load(family, quant_dir(family), "cpu", use_triton=False, fuse=False)
+    sdpa, causal_calls = torch.nn.functional.scaled_dot_product_attention, []
+    def spy(*args, **kwargs):
+        causal_calls.append(kwargs.get("is_causal", False))
+        return sdpa(*args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    ids = torch.randint(0, 512, (2, 6))
+    out = static_generate(model, ids, 6, torch.ones_like(ids), use_graph=False)
+    monkeypatch.undo()
+    assert causal_calls[:model.config.num_hidden_layers] == [True] * model.config.num_hidden_layers  # the prefill
+    assert not any(causal_calls[model.config.num_hidden_layers:])  # decode steps: the masked path
+    assert_greedy(model, ids, torch.ones_like(ids), out)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
