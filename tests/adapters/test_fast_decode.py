@@ -279,9 +279,9 @@ def test_decode_benchmark_smoke_run():
     from adapters import decode_benchmark
 
     rows = decode_benchmark.main(["--tiny", "--device", "cpu", "--batches", "1", "--variants", "w4a8-graph,bf16",
-                                  "--prompt-tokens", "16"])
+                                  "--prompt-tokens", "4"])
     got = {(r["model"], r["variant"]) for r in rows}
-    variants = ("w4a8-graph", "bf16", "floor (w4a8)", "floor (bf16)", "w4a8 first token (16-token prompt)",
-                "bf16 first token (16-token prompt)")
+    variants = ("w4a8-graph", "bf16", "floor (w4a8)", "floor (bf16)", "w4a8 first token (4-token prompt)",
+                "bf16 first token (4-token prompt)")
     assert got == {(m, v) for m in ("qwen3", "qwen3_moe") for v in variants}
     assert all(r["tok_s"] > 0 and r["seconds"] > 0 for r in rows)
