@@ -86,15 +86,19 @@ def decode_fn(model, variant: str, batch: int, new_tokens: int, device: str, pro
 def profile_step(model, batch: int, device: str, top: int = 25) -> str:
     """GPU time per kernel of one decode step (run eagerly: the kernels a graph replays), as a
     torch profiler table; the model has decoded at this batch before (its StaticDecoder exists)."""
-    from torch.profiler import ProfilerActivity, profile
-
     decoder = model._static_decoder
     decoder.step()
+    return profile_calls(lambda: [decoder.step() for _ in range(3)], device, top)
+
+
+def profile_calls(fn, device: str, top: int = 25) -> str:
+    """Time per kernel of one call of `fn` (already warmed up), as a torch profiler table."""
+    from torch.profiler import ProfilerActivity, profile
+
     synchronize(device)
     cuda = device.startswith("cuda")
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-        for _ in range(3):
-            decoder.step()
+        fn()
         synchronize(device)
     return prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=top)
 
@@ -114,6 +118,9 @@ def run_variant(config, variant: str, device: str, batches: tuple[int, ...], new
         rows.append({"variant": f"{variant.split('-')[0]} first token ({prompt_tokens}-token prompt)", "batch": 1,
                      "seconds": seconds, "tok_s": prompt_tokens / seconds})
         print(f"{rows[-1]['variant']} | seconds {seconds:.3f}", flush=True)
+        if profile:
+            print(f"profile of the {prompt_tokens}-token prefill, {variant}:")
+            print(profile_calls(first_token, device))
     for batch in batches:
         row = {"variant": variant, "batch": batch}
         start = time.perf_counter()
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--tiny", action="store_true", help="tiny cpu-tier configs and few tokens (smoke run)")
     parser.add_argument("--prompt-tokens", type=int, default=0,
                         help="also time the first token of a prompt this long (batch 1), W4A8 against bf16")
-    parser.add_argument("--profile", action="store_true", help="print a kernel profile of w4a8-graph decode steps")
+    parser.add_argument("--profile", action="store_true", help="print a kernel profile of w4a8-graph decode steps (and of each variant's prefill with --prompt-tokens)")
     args = parser.parse_args(argv)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     bandwidth = copy_bandwidth(args.device, 2 << 30 if args.device.startswith("cuda") else 64 << 20)
