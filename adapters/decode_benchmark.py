@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--tiny", action="store_true", help="tiny cpu-tier configs and few tokens (smoke run)")
     parser.add_argument("--prompt-tokens", type=int, default=0,
                         help="also time the first token of a prompt this long (batch 1), W4A8 against bf16")
-    parser.add_argument("--profile", action="store_true", help="print a kernel profile of w4a8-graph decode steps (and of each variant's prefill with --prompt-tokens)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print a kernel profile of w4a8-graph decode steps (and of each variant's prefill "
+                             "with --prompt-tokens)")
     args = parser.parse_args(argv)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     bandwidth = copy_bandwidth(args.device, 2 << 30 if args.device.startswith("cuda") else 64 << 20)

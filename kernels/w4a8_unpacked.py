@@ -1,18 +1,20 @@
 """Prefill path of the W4A8 GEMM: unpack the int4 weights to an int8 scratch, then an int8 x int8
 tensor-core GEMM whose both operands stream through shared memory.
 
-Why two kernels beat the fused one at large M (H100, M = 1024 and 4096, the Qwen3-8B/32B layers,
-side by side in one run: README, "Prefill: unpack, then an int8 GEMM"; `python -m kernels.benchmark
---m 1024,4096` prints the same comparison in its fused and unpacked columns): the fused kernel
-(w4a8_gemm.py) unpacks each weight tile in registers and hands it to wgmma as the register
-operand, which serializes every K step (`warp_group_dot_wait 0`); it sat at 0.49-0.71x cuBLAS bf16. Unpacked once per call, the weight is a
-plain int8 [N, K_pad] matrix that the software pipeline prefetches like any GEMM operand: per
-group of 128 the GEMM alone ran 1.42-1.70x faster than the fused kernel, unpack and activation
-quantization included 1.21-1.34x (0.61-0.90x bf16); per channel 1.71-2.04x (1.02-1.37x bf16). The
+Why two kernels beat the fused one at large M: the fused kernel (w4a8_gemm.py) unpacks each
+weight tile in registers and hands it to wgmma as the register operand, which serializes every K
+step (`warp_group_dot_wait 0`). Unpacked once per call, the weight is a plain int8 [N, K_pad]
+matrix that the software pipeline prefetches like any GEMM operand. `python -m kernels.benchmark
+--m 256,1024,4096` times both paths side by side (its fused and unpacked columns; README,
+"Prefill: unpack, then an int8 GEMM"): on an H100 at M = 1024 and 4096, the Qwen3-8B/32B layers,
+activation quantization included, per group of 128 the unpacked path ran 1.18-1.36x faster than
+the fused kernel (0.63-0.90x cuBLAS bf16), per channel 1.29-1.55x (1.20-1.57x bf16 at M = 4096);
+an earlier development run timed the GEMM alone at 1.42-1.70x the fused kernel per group. The
 unpack reads N * K_pad / 2 bytes and writes N * K_pad (56 us for 8B gate_up, ~2.7 TB/s): 4% of that
 GEMM at M = 4096, 17% at 1024, and it does not grow with M (vLLM's AWQ path dequantizes from 256
-tokens on for the same reason). The autotuner (w4a8_gemm.candidate_configs) times these configs beside the fused tiles
-from M = 256 on and keeps whichever wins per shape.
+tokens on for the same reason; at M = 256 the fused tile still won on the big layers). The
+autotuner (w4a8_gemm.candidate_configs) times these configs beside the fused tiles from M = 256
+on and keeps whichever wins per shape.
 
 Per group, each K step lies in one group (BLOCK_K <= group size) and its int32 partial is scaled
 before joining the fp32 accumulator, in natural K order (the fused kernel adds the low- and
