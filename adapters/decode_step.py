@@ -26,6 +26,7 @@ from torch import nn
 
 from kernels.autotune import triton_runs_on
 from kernels.decode_attention import decode_attention, decode_attention_fits
+from kernels.fused_act import add_parts_ref
 from kernels.linear import W4A8Linear, attach_absmax
 from kernels.qk_rope import qk_norm_rope_store
 
@@ -62,12 +63,48 @@ class DecodeStepAttention:
 class DecodeStepLayer:
     """Mixin put before an HF decoder layer class (see `enable_decode_step_layer`)."""
 
+    defers_output = False  # set by `defer_layer_outputs` where the next layer takes the output's parts
+
     def forward(self, hidden_states, *args, **kwargs):
         if args or kwargs.get(DECODE_SLOT) is None or not triton_runs_on(hidden_states):
-            return super().forward(hidden_states, *args, **kwargs)
-        parts, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **{PARTIALS: True}, **kwargs)
+            return super().forward(summed_output(hidden_states), *args, **kwargs)
+        pending = _pending(hidden_states)
+        if pending is not None:  # the layer before left its MLP's parts: x = residual + sum, normalized
+            hidden_states, x = self.input_layernorm.add_and_norm(*pending)
+        else:
+            x = self.input_layernorm(hidden_states)
+        parts, _ = self.self_attn(hidden_states=x, **{PARTIALS: True}, **kwargs)
         h, x = self.post_attention_layernorm.add_and_norm(parts, hidden_states)
+        if self.defers_output:
+            return _deferred(self.mlp(x, partials=True), h)
         return self.mlp(x, residual=h)
+
+
+# On a deferred layer output: (its _version, the MLP's parts [S, M, H], the residual h). The tensor
+# itself is never written: only the next DecodeStepLayer reads it, through `_pending`.
+PENDING_ATTR = "_wb_pending_sum"
+
+
+def _deferred(parts: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(residual)
+    setattr(out, PENDING_ATTR, (out._version, parts, residual))
+    return out
+
+
+def _pending(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    found = getattr(x, PENDING_ATTR, None)
+    return found[1:] if found is not None and found[0] == x._version else None
+
+
+def summed_output(x: torch.Tensor) -> torch.Tensor:
+    """x itself, or for a deferred layer output the sum it stands for (in torch, as the next
+    layer's norm would add it)."""
+    pending = _pending(x)
+    if pending is None:
+        return x
+    parts, residual = pending
+    rows = residual.reshape(-1, residual.shape[-1])
+    return add_parts_ref(parts, rows).view(residual.shape)
 
 
 PARTIALS = "wb_partials"  # attention kwarg: return o_proj's output as its split-K partials [S, B, H]
@@ -112,3 +149,19 @@ def enable_decode_step_layer(layer: nn.Module) -> bool:
         return False
     _give(layer, DecodeStepLayer)
     return True
+
+
+def defer_layer_outputs(layers: nn.ModuleList) -> int:
+    """Where a decode-step layer is followed by another whose input norm can add (TritonRMSNorm's
+    `add_and_norm`), the first returns its MLP's output unsummed (split-K partials, or an MoE
+    block's slot outputs) with its residual, and the second's input norm sums and adds them in its
+    own launch: one launch fewer per layer pair (the down projection's reduction, or `sum_slots`).
+    The last layer's output, read by the model's final norm, stays a tensor. Returns how many defer."""
+    count = 0
+    for layer, after in zip(layers, layers[1:]):
+        if (isinstance(layer, DecodeStepLayer) and isinstance(after, DecodeStepLayer)
+                and getattr(layer.mlp, "shared_experts", None) is None
+                and hasattr(after.input_layernorm, "add_and_norm")):
+            layer.defers_output = True
+            count += 1
+    return count

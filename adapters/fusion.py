@@ -30,10 +30,10 @@ from torch import nn
 from transformers import activations
 
 from kernels.autotune import triton_runs_on
-from kernels.fused_act import add_rmsnorm_quant, rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_quant
+from kernels.fused_act import add_parts_ref, add_rmsnorm_quant, rmsnorm, rmsnorm_quant, rmsnorm_ref, silu_mul_quant
 from kernels.linear import W4A8Linear, attach_int8
 
-from .decode_step import enable_decode_step, enable_decode_step_layer
+from .decode_step import defer_layer_outputs, enable_decode_step, enable_decode_step_layer
 from .moe import FusedSparseMoE, W4A8Experts
 
 _SILU = (nn.SiLU, getattr(activations, "SiLUActivation", nn.SiLU))  # ACT2FN["silu"] in 4.57 / 5.x
@@ -100,11 +100,18 @@ class FusedMLP(nn.Module):
         super().__init__()
         self.gate_up, self.down = gate_up, down
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """The MLP's output, or `residual + output` (added by the down GEMM: decode_step.py)."""
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, partials: bool = False) -> torch.Tensor:
+        """The MLP's output, or `residual + output` (added by the down GEMM: decode_step.py), or
+        with `partials` (Triton, no residual) the down GEMM's output as `W4A8Linear(partials=True)`
+        gives it, [S, M, N], for the next layer's norm to sum."""
         h = self.gate_up(x)
         h2 = h.reshape(-1, h.shape[-1])
         res2 = residual.reshape(h2.shape[0], -1) if residual is not None else None
+        if partials:
+            if residual is not None or not triton_runs_on(h):
+                raise ValueError("FusedMLP gives partials on the Triton path only, without a residual")
+            y = self.down.forward_int8(*silu_mul_quant(h2), x.dtype, None, partials=True)
+            return y if y.dim() == 3 else y[None]
         if triton_runs_on(h):
             y = self.down.forward_int8(*silu_mul_quant(h2), x.dtype, res2)
         else:
@@ -139,10 +146,7 @@ class TritonRMSNorm(nn.Module):
         epilogue would, then normalized."""
         rows = residual.reshape(-1, residual.shape[-1])
         if not (self.quantize and triton_runs_on(rows) and rows.dtype == self.weight.dtype):
-            summed = parts[0].float()
-            for part in parts[1:]:  # the reduction's order and rounding (split_k.py)
-                summed += part
-            h = (rows.float() + summed.to(rows.dtype).float()).to(rows.dtype).view(residual.shape)
+            h = add_parts_ref(parts, rows).view(residual.shape)  # the reduction's order and rounding
             return h, self(h)
         h, y, x_q, x_scale = add_rmsnorm_quant(parts, rows, self.weight, self.variance_epsilon)
         y = y.view(residual.shape)
@@ -182,6 +186,7 @@ def fuse_w4a8(model: nn.Module) -> dict[str, int]:
         _fuse_layer(layer, made)
         if isinstance(layer.mlp, (FusedMLP, FusedSparseMoE)) and enable_decode_step_layer(layer):
             made["decode_layer"] += 1
+    made["deferred_output"] = defer_layer_outputs(model.model.layers)
     return made
 
 

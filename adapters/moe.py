@@ -77,12 +77,16 @@ class W4A8Experts(nn.ModuleList):
         return True
 
     def routed(self, x_q: torch.Tensor, x_scale: torch.Tensor, top_k_index: torch.Tensor,
-               top_k_weights: torch.Tensor, dtype: torch.dtype, residual: torch.Tensor | None = None) -> torch.Tensor:
+               top_k_weights: torch.Tensor, dtype: torch.dtype, residual: torch.Tensor | None = None,
+               partials: bool = False) -> torch.Tensor:
         """[T, H]: the weighted sum of each token's k expert outputs, in two grouped launches (after
         `stack()`) from the tokens' int8 quantization (x_q [T, H], x_scale [T, 1]). The router
         weights are applied in the down projection's epilogue; the k outputs are summed in slot
         order (from GEMV_SUM_MIN_TOKENS decode tokens inside the down GEMV, `w4a8_moe_gemv_sum`), and
-        `residual` [T, H] added to that sum if given."""
+        `residual` [T, H] added to that sum if given. With `partials` (no residual), the sum's parts
+        [S, T, H] for a consumer that sums them as `sum_slots` does (the next layer's norm,
+        decode_step.py): the k weighted slot outputs as a [k, T, H] view, or the sum as [1, T, H]
+        where the down GEMV summed them."""
         st, top_k = self.stacked, top_k_index.shape[1]
         group, down_group = self[0].gate_proj.group_size, self[0].down_proj.group_size
         if top_k_index.numel() <= GEMV_MAX_SLOTS and x_q.shape[1] % 4 == 0 and st["w13"].shape[1] % 8 == 0:
@@ -90,8 +94,9 @@ class W4A8Experts(nn.ModuleList):
                 # int8 rows into the summed down GEMV: the glu path below took Qwen3-30B-A3B at batch
                 # 16 from 2485 to 1940 tok/s (H100, decode_benchmark, one device call)
                 h = w4a8_moe_gemv(x_q, x_scale, st["w13"], st["s13"], top_k_index, group, top_k, dtype)
-                return w4a8_moe_gemv_sum(*silu_mul_quant(h), st["w2"], st["s2"], top_k_index, down_group,
-                                         top_k_weights, dtype, residual)
+                y = w4a8_moe_gemv_sum(*silu_mul_quant(h), st["w2"], st["s2"], top_k_index, down_group,
+                                      top_k_weights, dtype, residual)
+                return y[None] if partials else y
             # SiLU-mul in the gate/up GEMV's epilogue; the down GEMV quantizes its rows as it loads them
             act = w4a8_moe_gemv_glu(x_q, x_scale, st["w13"], st["s13"], top_k_index, group, top_k, dtype)
             y = w4a8_moe_gemv(*act, st["w2"], st["s2"], top_k_index, down_group, 1, dtype, top_k_weights)
@@ -99,6 +104,8 @@ class W4A8Experts(nn.ModuleList):
             routing = route_by_expert(top_k_index, len(self))
             h = w4a8_moe_gemm(x_q, x_scale, st["w13"], st["s13"], routing, group, top_k, dtype)
             y = w4a8_moe_gemm(*silu_mul_quant(h), st["w2"], st["s2"], routing, down_group, 1, dtype, top_k_weights)
+        if partials:  # [T * k, H] in (token, slot) order as [k, T, H]
+            return y.view(-1, top_k, y.shape[1]).transpose(0, 1)
         return sum_slots(y, top_k, residual)
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
@@ -165,16 +172,24 @@ class FusedSparseMoE(nn.Module):
         return route(x, gate.weight.float(), gate.top_k, True, x.dtype, gate.moe_statics.e_score_correction_bias,
                      gate.norm_min)
 
-    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None,
+                partials: bool = False) -> torch.Tensor:
         """The block's output, or `residual + output` as the decoder layer adds it (the decode step:
-        decode_step.py), in the last launch when the block has no shared experts."""
+        decode_step.py), in the last launch when the block has no shared experts. `partials`
+        (Triton, no shared experts, no residual): the output's parts [S, T, H], unsummed
+        (`W4A8Experts.routed`)."""
         x = hidden_states.reshape(-1, hidden_states.shape[-1])
         add_in_sum = residual is not None and self.shared_experts is None and triton_runs_on(x)
+        if partials and (residual is not None or self.shared_experts is not None or not triton_runs_on(x)):
+            raise ValueError("FusedSparseMoE gives partials on the Triton path only, without a residual or "
+                             "shared experts")
         if triton_runs_on(x):
             weights, ids = self.route(x)
             x_q, x_scale = attached_int8(hidden_states) or per_token_quant_int8(x)
             y = self.experts.routed(x_q, x_scale, ids, weights, x.dtype,
-                                    residual.reshape(x.shape) if add_in_sum else None)
+                                    residual.reshape(x.shape) if add_in_sum else None, partials)
+            if partials:
+                return y
         else:
             _, weights, ids = self.gate(x)
             y = self.experts(x, ids, weights)

@@ -37,15 +37,19 @@ def round_to(x, dtype: tl.constexpr):
 
 @triton.jit
 def load_summed(ptr, offs, mask, stride_s, SPLITS: tl.constexpr, dtype: tl.constexpr):
-    """fp32 values at ptr + offs (masked: 0) of a GEMM's output, or with SPLITS > 1 of its split-K
-    partials (fp32, stride_s apart) summed in split_k.py's reduction order and rounded to `dtype` as
-    it rounds (no bias, no residual): a consumer that sums them saves the reduction's launch."""
+    """fp32 values at ptr + offs (masked: 0) of a GEMM's output, or with SPLITS > 1 its parts
+    (stride_s apart) summed in order and rounded once to `dtype`: fp32 split-K partials as
+    split_k.py's reduction rounds them (no bias, no residual), or an MoE block's weighted slot
+    outputs (in `dtype`) as `sum_slots` rounds them. A consumer that sums them saves that launch."""
     if SPLITS == 1:
         return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
     acc = tl.zeros(offs.shape, dtype=tl.float32)
     for s in tl.static_range(SPLITS):
-        acc += tl.load(ptr + s * stride_s + offs, mask=mask, other=0.0)
-    return acc.to(dtype).to(tl.float32)
+        acc += tl.load(ptr + s * stride_s + offs, mask=mask, other=0.0).to(tl.float32)
+    if ptr.dtype.element_ty == tl.float32:
+        return acc.to(dtype).to(tl.float32)
+    else:
+        return round_to(acc, dtype)
 
 
 @triton.jit
@@ -161,16 +165,19 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def add_rmsnorm_quant(parts: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """h = residual [M, K] + a GEMM's output given as `W4A8Linear(partials=True)` returns it (parts
-    [S, M, K]: fp32 split-K partials, or the output itself as [1, M, K]), summed and rounded as the
-    GEMM's reduction adds a residual (split_k.py) -> (h, RMSNorm(h) * weight, its int8 values,
-    scales fp32 [M, 1]). A decoder layer's `h = x + o_proj(attn)` and the norm after it in one
-    launch: the reduction's own launch (o_proj splits K 8 ways at decode on H100 and H200) is saved."""
+    """h = residual [M, K] + a layer's output given as its parts [S, M, K], summed and rounded as
+    the launch they skip would: fp32 split-K partials of `W4A8Linear(partials=True)` as the GEMM's
+    reduction adds a residual (split_k.py), an MoE block's slot outputs (residual's dtype, e.g. a
+    [k, T, K] view of [T * k, K]) as `sum_slots` does, or the output itself as [1, M, K] ->
+    (h, RMSNorm(h) * weight, its int8 values, scales fp32 [M, 1]). A decoder layer's
+    `h = x + o_proj(attn)` and the norm after it in one launch: the reduction's own launch (o_proj
+    splits K 8 ways at decode on H100 and H200) is saved; likewise the MLP's, across layers."""
     if parts.dim() != 3 or parts.shape[1:] != residual.shape or parts.stride(2) != 1:
         raise ValueError(f"add_rmsnorm_quant: parts must be [S, M, K] over residual {tuple(residual.shape)} "
                          f"with unit inner stride, got {tuple(parts.shape)} strides {parts.stride()}")
-    if len(parts) > 1 and parts.dtype != torch.float32:
-        raise ValueError(f"add_rmsnorm_quant: split-K partials must be fp32, got {parts.dtype}")
+    if len(parts) > 1 and parts.dtype not in (torch.float32, residual.dtype):
+        raise ValueError(f"add_rmsnorm_quant: parts must be fp32 split-K partials or {residual.dtype} slot outputs, "
+                         f"got {parts.dtype}")
     return _rmsnorm(parts, weight, eps, quantize=True, residual=residual)
 
 
@@ -233,6 +240,15 @@ def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
     """transformers' RMSNorm (Qwen3, Ernie-4.5): normalized in fp32, rounded, then weighted."""
     xf = x.to(torch.float32)
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def add_parts_ref(parts: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """`residual + sum(parts)` as `add_rmsnorm_quant` adds them: the parts [S, M, K] summed in fp32
+    in order, rounded once to residual's dtype, then added to residual [M, K] and rounded."""
+    summed = parts[0].to(torch.float32, copy=True)  # fp32 parts: `.float()` would alias parts[0]
+    for part in parts[1:]:
+        summed += part.float()
+    return (residual.float() + summed.to(residual.dtype).float()).to(residual.dtype)
 
 
 def rmsnorm_quant_ref(x: torch.Tensor, weight: torch.Tensor, eps: float):

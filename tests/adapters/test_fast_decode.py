@@ -13,7 +13,7 @@ import transformers
 
 from adapters.fusion import FusedMLP, TritonRMSNorm, fuse_w4a8
 from adapters.moe import FusedSparseMoE, W4A8Experts
-from adapters.decode_step import DecodeStepAttention, DecodeStepLayer
+from adapters.decode_step import DecodeStepAttention, DecodeStepLayer, _pending, summed_output
 from adapters.static_decode import (DECODE_SLOT, PREFILL_LEN, StaticKVCache, _after_eos, _capturable, grouped_sdpa,
                                     static_generate)
 from kernels import w4a8_moe
@@ -180,6 +180,42 @@ def test_decode_step_attention_matches_transformers_forward(family, quant_dir, d
             outs.append(forward(hidden, cache=cache, **kwargs, **{DECODE_SLOT: cache.slot}))
     assert torch.equal(outs[0], outs[1])
     assert not torch.equal(outs[0], hidden)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+def test_deferred_layer_output_gives_the_summed_bits(family, quant_dir, device):
+    """A decode-step layer that leaves its MLP's output unsummed (split-K partials, or the MoE
+    block's slot outputs) for the next layer's input norm gives the next layer the bits it gets
+    from the summed output; the last layer's output stays a tensor."""
+    model = load(family, quant_dir(family), device, fuse=True)
+    layers = model.model.layers
+    if not isinstance(layers[0], DecodeStepLayer):
+        assert family == "qwen3_moe" and not FUSED_EXPERTS  # 4.x experts: transformers' own MoE block
+        return
+    assert [layer.defers_output for layer in layers] == [True] * (len(layers) - 1) + [False]
+    config, attn = model.config, layers[0].self_attn
+    b, slot = 2, 5
+    hidden = torch.randn(b, 1, config.hidden_size, device=device, dtype=torch.bfloat16)
+    position = torch.tensor([[5], [3]], device=device)
+    kwargs = dict(attention_mask=torch.zeros(b, 1, 1, 16, device=device, dtype=torch.bfloat16),
+                  position_embeddings=model.model.rotary_emb(hidden, position), position_ids=position)
+    cache = StaticKVCache(config.num_hidden_layers, b, config.num_key_value_heads, 16, attn.head_dim,
+                          torch.bfloat16, torch.device(device))
+    cache.slot.fill_(slot)
+    outs = []
+    for defer in (True, False):
+        layers[0].defers_output = defer
+        with torch.no_grad():
+            first = layers[0](hidden, cache=cache, **kwargs, **{DECODE_SLOT: cache.slot})
+            assert (_pending(first) is not None) == defer
+            outs.append((summed_output(first), layers[1](first, cache=cache, **kwargs, **{DECODE_SLOT: cache.slot})))
+    (deferred, deferred_next), (summed, summed_next) = outs
+    assert torch.equal(deferred_next, summed_next)
+    # the torch sum (`summed_output`, for a consumer that is not a decode-step layer) rounds as the
+    # GPU does; the interpreter's fp32 -> bf16 casts in the GEMM's epilogue truncate, twice (the sum,
+    # then + residual): up to 2 ulp apart
+    torch.testing.assert_close(deferred, summed, rtol=2**-6, atol=0)
+    assert not torch.equal(summed_next, summed)
 
 
 @pytest.mark.skipif(not FUSED_EXPERTS, reason="transformers 4.x runs experts as its own per-expert modules: "

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from kernels import fused_act
-from kernels.fused_act import (add_rmsnorm_quant, rmsnorm, rmsnorm_quant, rmsnorm_quant_ref, rmsnorm_ref,
+from kernels.fused_act import (add_parts_ref, add_rmsnorm_quant, rmsnorm, rmsnorm_quant, rmsnorm_quant_ref, rmsnorm_ref,
                                silu_mul_quant, silu_mul_quant_ref)
 from kernels.split_k import reduce_split_k
+from kernels.w4a8_moe import sum_slots
 
 
 @pytest.mark.parametrize("m,k", [(1, 128), (37, 128), (5, 4096)])
@@ -50,10 +51,27 @@ def test_residual_add_and_norm_give_the_reduction_then_the_norm(device, splits, 
     assert torch.equal(h, want_h) and not torch.equal(h, residual)
     for got, expected in zip((y, x_q, scale), want):
         assert torch.equal(got, expected)
-    with pytest.raises(ValueError, match="must be fp32"):
-        add_rmsnorm_quant(torch.zeros(2, m, k, dtype=torch.bfloat16, device=device), residual, weight, 1e-6)
+    with pytest.raises(ValueError, match="must be fp32 split-K partials or torch.bfloat16 slot outputs"):
+        add_rmsnorm_quant(torch.zeros(2, m, k, dtype=torch.float16, device=device), residual, weight, 1e-6)
     with pytest.raises(ValueError, match=r"parts must be \[S, M, K\]"):
         add_rmsnorm_quant(parts[:, :, 1:], residual, weight, 1e-6)
+
+
+@pytest.mark.parametrize("top_k,m,k", [(2, 3, 96), (8, 1, 512)])
+def test_slot_outputs_add_and_norm_give_sum_slots_then_the_norm(device, top_k, m, k):
+    """An MoE block's weighted slot outputs [T * k, K] (bf16, as a [k, T, K] view: the deferred layer
+    output, decode_step.py) summed onto the residual and normalized: the bits of `sum_slots` adding
+    the residual, then rmsnorm_quant; `add_parts_ref` (the torch fallback) gives the same h."""
+    torch.manual_seed(top_k)
+    residual = (torch.randn(m, k, device=device) * 4).to(torch.bfloat16)
+    weight = (1 + 0.1 * torch.randn(k, device=device)).to(torch.bfloat16)
+    slots = (torch.randn(m * top_k, k, device=device) * 2).to(torch.bfloat16)
+    parts = slots.view(m, top_k, k).transpose(0, 1)
+    want_h = sum_slots(slots, top_k, residual)
+    h, y, x_q, scale = add_rmsnorm_quant(parts, residual, weight, 1e-6)
+    assert torch.equal(h, want_h) and torch.equal(add_parts_ref(parts, residual), want_h)
+    for got, expected in zip((y, x_q, scale), rmsnorm_quant(want_h, weight, 1e-6)):
+        assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("m,i", [(3, 64), (2, 3000), (1, 2048)])
