@@ -1,7 +1,7 @@
 """Config sweep for the W4A8 GEMM: every candidate launch config, then warp/stage variants of
 the three fastest, timed on the GPU and checked against the reference.
 
-    python -m kernels.config_sweep [decode|prefill|all|moe|moe-sum|moe-glu|gemv-rows]
+    python -m kernels.config_sweep [decode|prefill|all|moe|moe-sum|moe-glu|gemv-rows|small-tiles]
 
 Prints, per shape, the bf16 time and the six fastest configs. This is the evidence behind the
 candidate lists in `w4a8_gemm.candidate_configs` and the "what holds the rest back" section of
@@ -14,13 +14,16 @@ sums the slots (`w4a8_moe_gemv_sum`) against the GEMV and `sum_slots` it replace
 part alone). `moe-glu` times the expert MLP with SiLU-mul in the gate/up GEMV's epilogue against
 the three launches it replaces (`sweep_moe_glu`). Expert ids are drawn afresh for each of 16 calls
 in the graph, so the weights come from HBM as at decode. `gemv-rows` times the dp4a GEMV against the
-tensor-core tile at 8 and 16 rows, above GEMV_MAX_M (`sweep_gemv_rows`).
+tensor-core tile at 8 and 16 rows, above GEMV_MAX_M (`sweep_gemv_rows`); `small-tiles` the decode
+tiles of 16-32 weight rows on 1-2 warps (mma.sync) against the shipped candidates at 8 and 16
+rows (`sweep_small_tiles`).
 """
 
 import itertools
 import sys
 
 import torch
+from triton.runtime.errors import OutOfResources
 
 from .act_quant import per_token_quant_int8
 from .autotune import graph_ms
@@ -215,6 +218,51 @@ def sweep_gemv_rows(m: int, name: str, n: int, k: int, group_size: int = 128) ->
           flush=True)
 
 
+def small_tiles(m: int, n: int, k_pad: int, sms: int) -> list[dict]:
+    """Decode tiles of 16-32 weight rows on 1-2 warps: below wgmma's 64-row A side (and below 4 warps)
+    Triton emits mma.sync (SASS IMMA), one warp's own tile and no warpgroup-wide wait per K step."""
+    configs = []
+    for bn, warps in ((16, 1), (32, 1), (32, 2), (64, 2)):
+        for bk, stages in itertools.product((128, 256), (3, 5)):
+            want = max(1, 2 * sms // -(-n // bn))
+            split = min(16, -(-k_pad // bk), 1 << (want - 1).bit_length())
+            for s in sorted({max(1, split // 2), split, min(16, 2 * split)}):
+                configs.append(dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=s, GROUP_N=1, num_warps=warps,
+                                    num_stages=stages))
+    return configs
+
+
+def sweep_small_tiles(m: int, name: str, n: int, k: int, group_size: int = 128) -> None:
+    """`small_tiles` against the decode candidates (tile and, at m <= 4, the dp4a GEMV), weights rotated
+    over copies past L2, the three fastest of each."""
+    q, s = quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5, group_size)
+    scales = s.t().contiguous()
+    copies = [pack_w4a8(q, group_size) for _ in range(max(1, -(-200_000_000 // (n * k // 2))))]
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    ref = w4a8_linear_ref(x, q, s).float()
+    w_bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(1, -(-200_000_000 // (n * k * 2))))]
+    t_bf16 = graph_us([lambda w=w: x @ w.t() for w in w_bf16], calls=len(w_bf16) * max(1, 20 // len(w_bf16)))
+    del w_bf16
+    sms = sm_count(torch.device("cuda"))
+    results = {"shipped candidates": [], "small tiles": []}
+    for family, configs in (("shipped candidates", candidate_configs(m, n, k, group_size, sms)),
+                            ("small tiles", small_tiles(m, n, padded_k(k, group_size), sms))):
+        for cfg in configs:
+            fns = [lambda w=w: _launch(*per_token_quant_int8(x), w, scales, None, group_size, torch.bfloat16, cfg)
+                   for w in copies]
+            try:
+                err = ((fns[0]().float() - ref).abs().max() / ref.abs().max()).item()
+            except OutOfResources:  # skipped, as the autotuner skips it
+                continue
+            assert err < 1e-2, (cfg, err)
+            results[family].append((graph_us(fns, calls=len(fns) * max(1, 20 // len(fns))), cfg))
+    floor_us = n * k / 2 / 3.0e6  # weight bytes at 3 TB/s
+    print(f"{name} M={m}: bf16 {t_bf16:.1f} us, int4 weights at 3 TB/s {floor_us:.1f} us", flush=True)
+    for family, found in results.items():
+        for t, cfg in sorted(found, key=lambda r: r[0])[:3]:
+            print(f"   {family:18s} {t:7.1f} us  x{t_bf16 / t:4.2f} vs bf16  {cfg}", flush=True)
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     if which in ("moe", "moe-sum"):
@@ -224,6 +272,10 @@ if __name__ == "__main__":
         for shape in GEMV_ROWS_SHAPES:
             for m in (16, 8):
                 sweep_gemv_rows(m, *shape)
+    if which == "small-tiles":
+        for shape in GEMV_ROWS_SHAPES:
+            for m in (16, 8):
+                sweep_small_tiles(m, *shape)
     if which == "moe-glu":
         for slots in (8, 128):
             sweep_moe_glu(slots)
