@@ -155,8 +155,9 @@ def defer_layer_outputs(layers: nn.ModuleList) -> int:
     """Where a decode-step layer is followed by another whose input norm can add (TritonRMSNorm's
     `add_and_norm`), the first returns its MLP's output unsummed (split-K partials, or an MoE
     block's slot outputs) with its residual, and the second's input norm sums and adds them in its
-    own launch: one launch fewer per layer pair (the down projection's reduction, or `sum_slots`).
-    The last layer's output, read by the model's final norm, stays a tensor. Returns how many defer."""
+    own launch: one launch fewer per deferring layer where that sum was a launch of its own (the
+    down projection's split-K reduction, or `sum_slots`). The last layer's output, read by the
+    model's final norm, stays a tensor. Returns how many defer."""
     count = 0
     for layer, after in zip(layers, layers[1:]):
         if (isinstance(layer, DecodeStepLayer) and isinstance(after, DecodeStepLayer)

@@ -194,23 +194,36 @@ GEMV_ROWS_SHAPES = [("8B gate_up", 24576, 4096), ("8B down", 4096, 12288), ("8B 
                     ("32B gate_up", 51200, 5120), ("30B-A3B qkv", 5120, 2048)]
 
 
+class RotatedProblem:
+    """One layer's W4A8 GEMM at m rows with the packed weights rotated over copies past L2 (as at
+    decode, where every step reads them from HBM), and its reference output."""
+
+    def __init__(self, m: int, n: int, k: int, group_size: int):
+        q, s = quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5, group_size)
+        self.m, self.n, self.k, self.group_size = m, n, k, group_size
+        self.scales = s.t().contiguous()
+        self.copies = [pack_w4a8(q, group_size) for _ in range(max(1, -(-200_000_000 // (n * k // 2))))]
+        self.x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        self.ref = w4a8_linear_ref(self.x, q, s).float()
+
+    def time_us(self, cfg: dict) -> float:
+        """Microseconds per call of `cfg` (activation quantization included), checked first."""
+        fns = [lambda w=w: _launch(*per_token_quant_int8(self.x), w, self.scales, None, self.group_size,
+                                   torch.bfloat16, cfg) for w in self.copies]
+        assert ((fns[0]().float() - self.ref).abs().max() / self.ref.abs().max()).item() < 1e-2, cfg
+        return graph_us(fns, calls=len(fns) * max(1, 20 // len(fns)))
+
+
 def sweep_gemv_rows(m: int, name: str, n: int, k: int, group_size: int = 128) -> None:
     """The dp4a GEMV (its configs at ROWS = next power of 2 of m) against the tensor-core decode tile
     at a batch above GEMV_MAX_M, the best config of each, weights rotated over copies past L2: the
     evidence for GEMV_MAX_M."""
-    q, s = quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5, group_size)
-    scales = s.t().contiguous()
-    copies = [pack_w4a8(q, group_size) for _ in range(max(1, -(-200_000_000 // (n * k // 2))))]
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    ref = w4a8_linear_ref(x, q, s).float()
+    problem = RotatedProblem(m, n, k, group_size)
     sms = sm_count(torch.device("cuda"))
     best = {}
     gemv = gemv_configs(m, n, padded_k(k, group_size), group_size, sms)
     for cfg in candidate_configs(m, n, k, group_size, sms) + gemv:
-        fns = [lambda w=w: _launch(*per_token_quant_int8(x), w, scales, None, group_size, torch.bfloat16, cfg)
-               for w in copies]
-        assert ((fns[0]().float() - ref).abs().max() / ref.abs().max()).item() < 1e-2, cfg
-        t, kind = graph_us(fns, calls=len(fns) * max(1, 20 // len(fns))), "gemv" if is_gemv(cfg) else "tile"
+        t, kind = problem.time_us(cfg), "gemv" if is_gemv(cfg) else "tile"
         if kind not in best or t < best[kind][0]:
             best[kind] = (t, cfg)
     (t_tile, _), (t_gemv, cfg) = best["tile"], best["gemv"]
@@ -233,29 +246,21 @@ def small_tiles(m: int, n: int, k_pad: int, sms: int) -> list[dict]:
 
 
 def sweep_small_tiles(m: int, name: str, n: int, k: int, group_size: int = 128) -> None:
-    """`small_tiles` against the decode candidates (tile and, at m <= 4, the dp4a GEMV), weights rotated
-    over copies past L2, the three fastest of each."""
-    q, s = quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5, group_size)
-    scales = s.t().contiguous()
-    copies = [pack_w4a8(q, group_size) for _ in range(max(1, -(-200_000_000 // (n * k // 2))))]
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    ref = w4a8_linear_ref(x, q, s).float()
+    """`small_tiles` against the shipped decode candidates, weights rotated over copies past L2, the
+    three fastest of each, beside cuBLAS bf16 on rotated bf16 weights."""
+    problem = RotatedProblem(m, n, k, group_size)
     w_bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(1, -(-200_000_000 // (n * k * 2))))]
-    t_bf16 = graph_us([lambda w=w: x @ w.t() for w in w_bf16], calls=len(w_bf16) * max(1, 20 // len(w_bf16)))
+    t_bf16 = graph_us([lambda w=w: problem.x @ w.t() for w in w_bf16], calls=len(w_bf16) * max(1, 20 // len(w_bf16)))
     del w_bf16
     sms = sm_count(torch.device("cuda"))
     results = {"shipped candidates": [], "small tiles": []}
     for family, configs in (("shipped candidates", candidate_configs(m, n, k, group_size, sms)),
                             ("small tiles", small_tiles(m, n, padded_k(k, group_size), sms))):
         for cfg in configs:
-            fns = [lambda w=w: _launch(*per_token_quant_int8(x), w, scales, None, group_size, torch.bfloat16, cfg)
-                   for w in copies]
             try:
-                err = ((fns[0]().float() - ref).abs().max() / ref.abs().max()).item()
+                results[family].append((problem.time_us(cfg), cfg))
             except OutOfResources:  # skipped, as the autotuner skips it
                 continue
-            assert err < 1e-2, (cfg, err)
-            results[family].append((graph_us(fns, calls=len(fns) * max(1, 20 // len(fns))), cfg))
     floor_us = n * k / 2 / 3.0e6  # weight bytes at 3 TB/s
     print(f"{name} M={m}: bf16 {t_bf16:.1f} us, int4 weights at 3 TB/s {floor_us:.1f} us", flush=True)
     for family, found in results.items():
