@@ -38,7 +38,7 @@ from . import pdl
 # capabilities (sm_90: 227 KB of shared memory per block, 64K registers per SM and per block).
 DEVICES = {90: dict(name="H100/H200 (sm_90a)", max_shared_mem=232448, multiprocessor_count=132,
                     max_num_regs=65536, warpSize=32)}
-MARKED_OPCODES = ("IGMMA", "HGMMA", "IMMA", "HMMA", "IDP.4A", "LDGSTS", "WARPGROUP",  # SASS opcode prefixes
+MARKED_OPCODES = ("IGMMA", "HGMMA", "IMMA", "HMMA", "IDP.4A", "LDGSTS", "WARPGROUP", "PRMT",  # SASS opcode prefixes
                   "ACQBULK", "PREEXIT")  # griddepcontrol.wait, griddepcontrol.launch_dependents (pdl.py)
 MEMORY_OPCODES = ("LDG", "STG", "LDGSTS", "ATOMG", "RED", "UBLKCP", "UTMALDG")
 
