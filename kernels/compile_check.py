@@ -198,13 +198,13 @@ def sweep(models: list[str], ms: list[int], group_sizes: list[int], candidates: 
 
 def markdown_table(builds: list[KernelBuild]) -> str:
     """One row per build, in build order (each kernel specialization under its first launch)."""
-    head = ("| kernel | first built by | constexprs | warps | stages | regs | spill B | smem B | SASS | marks |\n"
-            + "|---" * 10 + "|\n")
+    head = ("| kernel | first built by | constexprs | warps | stages | regs | spill B | smem B | SASS | loop | marks |\n"
+            + "|---" * 11 + "|\n")
     rows = []
     for b in builds:
         meta = " ".join(f"{k}={v}" for k, v in b.meta.items() if k not in ("num_warps", "num_stages"))
         rows.append(f"| {b.kernel} | {b.where} | {meta} | {b.meta['num_warps']} | {b.meta['num_stages']} "
-                    f"| {b.registers} | {b.local} | {b.shared} | {b.instructions} | {b.marks()} |\n")
+                    f"| {b.registers} | {b.local} | {b.shared} | {b.instructions} | {b.loop_instructions} | {b.marks()} |\n")
     return head + "".join(rows)
 
 

@@ -55,6 +55,7 @@ class KernelBuild:
     local: int = 0  # bytes of local memory per thread: register spills (or stack arrays)
     opcodes: Counter = field(default_factory=Counter)  # SASS opcodes of MARKED_OPCODES, by count
     instructions: int = 0  # SASS instructions in all
+    loop_instructions: int = 0  # of the longest loop's body (a GEMM's K step): what each step issues
     memory_before_wait: bool = False  # a global load or store precedes griddepcontrol.wait in the SASS
 
     def marks(self) -> str:
@@ -79,6 +80,11 @@ def inspect_cubin(cubin: bytes, build: KernelBuild) -> None:
     build.shared = max(build.shared, int(fields.get("SHARED", 0)))
     ops = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M)
     build.instructions = len(ops)
+    # a loop ends in a branch back: its body is the 16-byte instructions from the target to the branch
+    backward = [(int(at, 16) - int(to, 16)) // 16 + 1 for at, to in
+                re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\S*\s+0x([0-9a-f]+)", sass, re.M)
+                if int(to, 16) < int(at, 16)]
+    build.loop_instructions = max(backward, default=0)
     build.opcodes = Counter(mark for op in ops for mark in MARKED_OPCODES if op.startswith(mark))
     if "ACQBULK" in ops:
         build.memory_before_wait = any(op.startswith(MEMORY_OPCODES) for op in ops[:ops.index("ACQBULK")])
