@@ -12,7 +12,7 @@ On-disk layouts (byte layouts in ../shared/REFERENCE.md, "Formats"):
 Kernel layout (`pack_w4a8`): int8 [N, K_pad/2], K contiguous, two's complement nibbles. The
 low nibble of byte r holds k = r and the high nibble k = r + K_pad/2: the first half of K in
 the low nibbles, the second half in the high ones. One [BLOCK_N, BLOCK_K/2] byte tile gives two
-int8 tiles with two shifts (`(b << 4) >> 4`, `b >> 4`, arithmetic), and the activations they
+int8 tiles of 16 * q in two word-wise ops (`(b << 4) & 0xF0F0F0F0`, `b & 0xF0F0F0F0`), and the activations they
 meet are two contiguous runs of x, so every load is a plain vectorizable tile (an interleaved
 order would make x gathers). K contiguous makes the unpacked tile K-major, as int8 wgmma wants
 for its register operand. K_pad rounds K up to a multiple of 64, or of 2 * group_size, so the

@@ -1,9 +1,9 @@
 """Fused W4A8 GEMM (Triton): y[M, N] = dequant(x_q[M, K] . unpack(w)[K, N]) + bias.
 
 Weights stay int4 in memory (kernel layout from `packing.pack_w4a8`, int8 [N, K_pad/2]); each
-K step loads one byte tile [BLOCK_N, BLOCK_K/2] and splits it into two int8 tiles in registers
-(`(b << 4) >> 4`, `b >> 4`), which feed two int8 x int8 -> int32 tensor-core dots against the
-matching halves of the activation tile. The product is computed transposed (W . x^T), so the
+K step loads one byte tile [BLOCK_N, BLOCK_K/2] and splits it into two int8 tiles of 16 * q in
+registers, four bytes an instruction (`sixteen_nibbles`), which feed two int8 x int8 -> int32
+tensor-core dots against the matching halves of the activation tile. The product is computed transposed (W . x^T), so the
 unpacked weight is the A operand, which wgmma can read from registers. Scales are applied in fp32:
 - per channel (group_size -1): int32 accumulation, s_x[m] * s_w[n] in the epilogue;
 - per group (32/64/128): each group's int32 partial sum is scaled by s_w[g, n] before it joins
