@@ -42,6 +42,7 @@ from .w4a8_unpacked import UNPACK_MIN_M, is_unpacked, launch_unpacked, unpacked_
 from .w8a8_gemm import grouped_tile
 
 DECODE_MAX_M = 16
+MAX_K_PER_CHANNEL = 1 << 17  # |16 q * x| <= 128 * 127: 2^17 of them stay below 2^31 (sixteen_nibbles)
 UNPACK_ASM = tl.constexpr(not interpreting())  # fixed at import, as the test suite sets TRITON_INTERPRET first
 TUNE_ROTATE_BYTES = 128 << 20  # > 2x the 50-60 MB L2 of H100/H200
 
@@ -55,7 +56,7 @@ def sixteen_nibbles(w):
     (pack=4 hands the asm 4 bytes of the tile in one register). Written as int8 shifts, LLVM
     splits each byte out, shifts, sign-extends and repacks it: sm_90a SASS of the M = 16 decode
     tile (BLOCK_N 64, BLOCK_K 256) had ~900 instructions a K step, 352 of them PRMT, for 64
-    packed bytes a thread. The factor 16 is exact in int32 (|16q * x| <= 2^14, K <= 2^16) and
+    packed bytes a thread. The factor 16 is exact in int32 (K <= MAX_K_PER_CHANNEL) and
     in fp32, so w4a8_tile undoes it once, bit for bit."""
     if UNPACK_ASM:
         lo = tl.inline_asm_elementwise("{ .reg .b32 t; shl.b32 t, $1, 4; and.b32 $0, t, 0xF0F0F0F0; }",
@@ -254,6 +255,9 @@ def _check(x: torch.Tensor, packed_w: torch.Tensor, w_scale: torch.Tensor, group
         raise ValueError(f"w4a8_gemm takes x [M, K], got shape {tuple(x.shape)}")
     k = x.shape[1]
     check_group_size(k, group_size)
+    if group_size == -1 and k > MAX_K_PER_CHANNEL:
+        raise ValueError(f"w4a8_gemm per channel takes K <= {MAX_K_PER_CHANNEL} (its int32 sums of 16 q * x), got K={k}; "
+                         "use groups")
     k_half = padded_k(k, group_size) // 2
     if packed_w.dtype != torch.int8 or packed_w.dim() != 2 or packed_w.shape[1] != k_half:
         raise ValueError(f"packed_w must be int8 [N, {k_half}] for K={k}, group_size={group_size} (pack_w4a8), "

@@ -119,4 +119,8 @@ def test_bad_shapes_are_named(device):
         w4a8_gemm(x, packed, scales[:1], 128)
     with pytest.raises(ValueError, match="x_scale"):
         w4a8_gemm(torch.zeros(2, 256, dtype=torch.int8, device=device), packed, scales, 128)
+    k = (1 << 17) + 64  # per channel, the int32 sums of 16 q * x could overflow
+    with pytest.raises(ValueError, match=r"K <= 131072 .*got K=131136"):
+        w4a8_gemm(torch.randn(1, k, device=device), torch.zeros(1, k // 2, dtype=torch.int8, device=device),
+                  torch.ones(1, 1, device=device), -1)
 
