@@ -38,35 +38,12 @@ from .pdl import pdl, pdl_enter
 from .reference import check_group_size
 from .split_k import _split_k_reduce_kernel, reduce_split_k, split_range, store_tile
 from .w4a8_gemv import GEMV_MAX_M, _w4a8_gemv_kernel, gemv_configs, gemv_grid, is_gemv, launch_gemv
-from .w4a8_unpacked import UNPACK_MIN_M, is_unpacked, launch_unpacked, unpacked_configs
+from .w4a8_unpacked import (MAX_K_PER_CHANNEL, UNPACK_MIN_M, is_unpacked, launch_unpacked, sixteen_nibbles,
+                            unpacked_configs)
 from .w8a8_gemm import grouped_tile
 
 DECODE_MAX_M = 16
-MAX_K_PER_CHANNEL = 1 << 17  # |16 q * x| <= 128 * 127: 2^17 of them stay below 2^31 (sixteen_nibbles)
-UNPACK_ASM = tl.constexpr(not interpreting())  # fixed at import, as the test suite sets TRITON_INTERPRET first
 TUNE_ROTATE_BYTES = 128 << 20  # > 2x the 50-60 MB L2 of H100/H200
-
-
-@triton.jit
-def sixteen_nibbles(w):
-    """int8 tiles 16 * (low nibbles), 16 * (high nibbles) of the packed bytes w (int8), each
-    nibble moved to the high half of its byte, where int8 reads it signed.
-
-    Word-wise on the GPU, 4 bytes per instruction: `(w << 4) & 0xF0F0F0F0`, `w & 0xF0F0F0F0`
-    (pack=4 hands the asm 4 bytes of the tile in one register). Written as int8 shifts, LLVM
-    splits each byte out, shifts, sign-extends and repacks it: sm_90a SASS of the M = 16 decode
-    tile (BLOCK_N 64, BLOCK_K 256) had ~900 instructions a K step, 352 of them PRMT, for 64
-    packed bytes a thread. The factor 16 is exact in int32 (K <= MAX_K_PER_CHANNEL) and
-    in fp32, so w4a8_tile undoes it once, bit for bit."""
-    if UNPACK_ASM:
-        lo = tl.inline_asm_elementwise("{ .reg .b32 t; shl.b32 t, $1, 4; and.b32 $0, t, 0xF0F0F0F0; }",
-                                       "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4)
-        hi = tl.inline_asm_elementwise("and.b32 $0, $1, 0xF0F0F0F0;", "=r,r", [w], dtype=tl.int8,
-                                       is_pure=True, pack=4)
-    else:  # the interpreter has no PTX: the same bytes, one at a time (int8 wraps: 16 * q)
-        lo = w << 4
-        hi = w & -16
-    return lo, hi
 
 
 @triton.jit

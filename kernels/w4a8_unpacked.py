@@ -10,7 +10,8 @@ matrix that the software pipeline prefetches like any GEMM operand. `python -m k
 activation quantization included, per group of 128 the unpacked path ran 1.18-1.36x faster than
 the fused kernel (0.63-0.90x cuBLAS bf16), per channel 1.29-1.55x (1.20-1.57x bf16 at M = 4096);
 an earlier development run timed the GEMM alone at 1.42-1.70x the fused kernel per group. The
-unpack reads N * K_pad / 2 bytes and writes N * K_pad (56 us for 8B gate_up, ~2.7 TB/s): 4% of that
+unpack reads N * K_pad / 2 bytes and writes N * K_pad int8 of 16 q (`sixteen_nibbles`, as the fused
+tile reads them; 56 us for 8B gate_up, ~2.7 TB/s, timed before it went word-wise): 4% of that
 GEMM at M = 4096, 17% at 1024, and it does not grow with M (vLLM's AWQ path dequantizes from 256
 tokens on for the same reason; at M = 256 the fused tile still won on the big layers). The
 autotuner (w4a8_gemm.candidate_configs) times these configs beside the fused tiles from M = 256
@@ -30,23 +31,49 @@ import torch
 import triton
 import triton.language as tl
 
+from .autotune import interpreting
 from .split_k import finish
 from .w8a8_gemm import grouped_tile
 
 UNPACK_MIN_M = 256  # below this the unpack (a few % of the GEMM at 1024) is not worth timing
 UNPACK_BLOCK_N, UNPACK_BLOCK_B = 32, 256
+MAX_K_PER_CHANNEL = 1 << 17  # |16 q * x| <= 128 * 127: 2^17 of them stay below 2^31 (sixteen_nibbles)
+UNPACK_ASM = tl.constexpr(not interpreting())  # fixed at import, as the test suite sets TRITON_INTERPRET first
+
+
+@triton.jit
+def sixteen_nibbles(w):
+    """int8 tiles 16 * (low nibbles), 16 * (high nibbles) of the packed bytes w (int8), each
+    nibble moved to the high half of its byte, where int8 reads it signed.
+
+    Word-wise on the GPU, 4 bytes per instruction: `(w << 4) & 0xF0F0F0F0`, `w & 0xF0F0F0F0`
+    (pack=4 hands the asm 4 bytes of the tile in one register). Written as int8 shifts, LLVM
+    splits each byte out, shifts, sign-extends and repacks it: sm_90a SASS of the M = 16 decode
+    tile (BLOCK_N 64, BLOCK_K 256) had ~900 instructions a K step, 352 of them PRMT, for 64
+    packed bytes a thread; the unpack kernel below, 352 PRMT for its 64 bytes a thread. The factor 16 is exact in int32 (K <= MAX_K_PER_CHANNEL) and
+    in fp32, so each GEMM (w4a8_tile, the unpacked GEMM here) undoes it once, bit for bit."""
+    if UNPACK_ASM:
+        lo = tl.inline_asm_elementwise("{ .reg .b32 t; shl.b32 t, $1, 4; and.b32 $0, t, 0xF0F0F0F0; }",
+                                       "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4)
+        hi = tl.inline_asm_elementwise("and.b32 $0, $1, 0xF0F0F0F0;", "=r,r", [w], dtype=tl.int8,
+                                       is_pure=True, pack=4)
+    else:  # the interpreter has no PTX: the same bytes, one at a time (int8 wraps: 16 * q)
+        lo = w << 4
+        hi = w & -16
+    return lo, hi
 
 
 @triton.jit
 def _unpack_int4_kernel(w_ptr, out_ptr, N, K_HALF, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
-    """packed int8 [N, K_HALF] (low nibble k, high nibble K_HALF + k) -> int8 [N, 2 * K_HALF]."""
+    """packed int8 [N, K_HALF] (low nibble k, high nibble K_HALF + k) -> int8 [N, 2 * K_HALF] of 16 q."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     mask = (offs_n[:, None] < N) & (offs_b[None, :] < K_HALF)
     w = tl.load(w_ptr + offs_n[:, None] * K_HALF + offs_b[None, :], mask=mask)
     dst = out_ptr + offs_n[:, None] * (2 * K_HALF) + offs_b[None, :]
-    tl.store(dst, (w << 4) >> 4, mask=mask)  # arithmetic shifts on int8 sign-extend the nibbles
-    tl.store(dst + K_HALF, w >> 4, mask=mask)
+    lo, hi = sixteen_nibbles(w)
+    tl.store(dst, lo, mask=mask)
+    tl.store(dst + K_HALF, hi, mask=mask)
 
 
 @triton.jit
@@ -82,6 +109,7 @@ def _w8_unpacked_gemm_kernel(
         w_ptrs += BLOCK_K
     if GROUP_SIZE == 0:
         acc_f = acc_i.to(tl.float32) * tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+    acc_f *= 0.0625  # the scratch holds 16 q (sixteen_nibbles); exact, so the bits of q's sums
     out = acc_f * tl.load(xs_ptr + offs_m * stride_xsm, mask=mask_m, other=0.0)[:, None]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -113,7 +141,7 @@ def unpacked_configs(group_size: int) -> list[dict]:
 
 
 def unpack_int4(packed_w: torch.Tensor) -> torch.Tensor:
-    """Kernel-layout int4 weights int8 [N, K_pad/2] -> int8 [N, K_pad] in natural K order."""
+    """Kernel-layout int4 weights int8 [N, K_pad/2] -> int8 [N, K_pad] of 16 q, in natural K order."""
     n, k_half = packed_w.shape
     out = torch.empty((n, 2 * k_half), dtype=torch.int8, device=packed_w.device)
     grid = (triton.cdiv(n, UNPACK_BLOCK_N), triton.cdiv(k_half, UNPACK_BLOCK_B))

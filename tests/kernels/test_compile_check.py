@@ -91,15 +91,18 @@ def test_kernels_take_the_instructions_they_were_written_for(sweeps):
             assert b["opcodes"].get(op, 0) > 0, f"{b['kernel']} ({b['where']}, {b['meta']}) has no {op}: {b['opcodes']}"
 
 
-def test_tensor_core_tiles_unpack_the_nibbles_four_bytes_an_instruction(sweeps):
-    """w4a8_tile unpacks packed words (`w4a8_gemm.sixteen_nibbles`). Written as int8 shifts, every
-    tile took one byte permute (PRMT) or more per unpacked byte: 352 in the M = 16 decode tile (a
-    third of its ~900 instructions a K step), 176 in the MoE decode tile. What PRMT remains packs
-    bf16 for the epilogue's stores: up to 16 (Triton 3.9) or 40 (Triton 3.6) in the MoE down tile."""
-    tiles = [b for s in sweeps.values() for b in s["builds"] if b["kernel"] in ("_w4a8_gemm_kernel", "_w4a8_moe_kernel")]
-    assert tiles
+def test_the_nibbles_unpack_four_bytes_an_instruction(sweeps):
+    """w4a8_tile and the prefill path's unpack kernel unpack packed words
+    (`w4a8_unpacked.sixteen_nibbles`). Written as int8 shifts, each took one byte permute (PRMT) or
+    more per unpacked byte: 352 in the M = 16 decode tile (a third of its ~900 instructions a K
+    step) and in the unpack kernel, 176 in the MoE decode tile. What PRMT remains packs bf16 for the
+    epilogue's stores: up to 16 (Triton 3.9) or 40 (Triton 3.6) in the MoE down tile."""
+    unpacking = ("_w4a8_gemm_kernel", "_w4a8_moe_kernel", "_unpack_int4_kernel")
+    tiles = [b for s in sweeps.values() for b in s["builds"] if b["kernel"] in unpacking]
+    assert {b["kernel"] for b in tiles} == set(unpacking)
     for b in tiles:
         assert b["opcodes"].get("PRMT", 0) < 64, f"{b['kernel']} ({b['where']}, {b['meta']}): {b['opcodes']}"
+
 
 def test_gemv_w_stages_pipeline_the_weight_loads(sweeps):
     gemvs = [b for b in sweeps["candidates"]["builds"] if b["kernel"] == "_w4a8_gemv_kernel"]

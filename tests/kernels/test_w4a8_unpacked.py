@@ -14,14 +14,15 @@ from .test_w4a8_gemm import assert_matches_contract, make_problem
 
 
 @pytest.mark.parametrize("k,group_size", [(384, 128), (96, 32), (200, -1)])
-def test_unpack_gives_the_int4_values_in_natural_k_order(device, k, group_size):
+def test_unpack_gives_sixteen_times_the_int4_values_in_natural_k_order(device, k, group_size):
     from kernels import pack_w4a8
 
     q = torch.randint(-8, 8, (40, k), dtype=torch.int8)
     packed = pack_w4a8(q, group_size).to(device)
     unpacked = unpack_int4(packed).cpu()
     assert unpacked.shape == (40, padded_k(k, group_size))
-    assert torch.equal(unpacked[:, :k], q) and not unpacked[:, k:].any()  # padding unpacks to zeros
+    # 16 q: each nibble in the high half of its byte (w4a8_unpacked.sixteen_nibbles); padding unpacks to zeros
+    assert torch.equal(unpacked[:, :k], q * 16) and not unpacked[:, k:].any()
 
 
 @pytest.mark.parametrize("group_size,k", [(128, 384), (64, 320), (-1, 200)])
