@@ -100,11 +100,7 @@ def summed_output(x: torch.Tensor) -> torch.Tensor:
     """x itself, or for a deferred layer output the sum it stands for (in torch, as the next
     layer's norm would add it)."""
     pending = _pending(x)
-    if pending is None:
-        return x
-    parts, residual = pending
-    rows = residual.reshape(-1, residual.shape[-1])
-    return add_parts_ref(parts, rows).view(residual.shape)
+    return x if pending is None else add_parts_ref(*pending)
 
 
 PARTIALS = "wb_partials"  # attention kwarg: return o_proj's output as its split-K partials [S, B, H]

@@ -146,7 +146,7 @@ class TritonRMSNorm(nn.Module):
         epilogue would, then normalized."""
         rows = residual.reshape(-1, residual.shape[-1])
         if not (self.quantize and triton_runs_on(rows) and rows.dtype == self.weight.dtype):
-            h = add_parts_ref(parts, rows).view(residual.shape)  # the reduction's order and rounding
+            h = add_parts_ref(parts, residual)  # the reduction's order and rounding
             return h, self(h)
         h, y, x_q, x_scale = add_rmsnorm_quant(parts, rows, self.weight, self.variance_epsilon)
         y = y.view(residual.shape)

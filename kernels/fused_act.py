@@ -244,11 +244,13 @@ def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
 
 def add_parts_ref(parts: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """`residual + sum(parts)` as `add_rmsnorm_quant` adds them: the parts [S, M, K] summed in fp32
-    in order, rounded once to residual's dtype, then added to residual [M, K] and rounded."""
+    in order, rounded once to residual's dtype, then added to residual ([..., K], M rows in all)
+    and rounded; shaped as residual."""
     summed = parts[0].to(torch.float32, copy=True)  # fp32 parts: `.float()` would alias parts[0]
     for part in parts[1:]:
         summed += part.float()
-    return (residual.float() + summed.to(residual.dtype).float()).to(residual.dtype)
+    rows = residual.reshape(-1, residual.shape[-1])
+    return (rows.float() + summed.to(rows.dtype).float()).to(rows.dtype).view(residual.shape)
 
 
 def rmsnorm_quant_ref(x: torch.Tensor, weight: torch.Tensor, eps: float):
