@@ -52,7 +52,8 @@ def roofline_us(m: int, n: int, k: int, group_size: int, bw: float, int8_peak: f
     return max(nbytes / bw, 2.0 * m * n * k / int8_peak) * 1e6
 
 
-def _rotating(make, nbytes_each: int):
+def rotating(make, nbytes_each: int) -> list:
+    """make() called for enough copies of nbytes_each to span ROTATE_BYTES: rotated over, they are read from HBM."""
     copies = max(1, -(-ROTATE_BYTES // max(nbytes_each, 1)))
     return [make() for _ in range(copies)]
 
@@ -69,9 +70,9 @@ def bench_layer(name: str, n: int, k: int, ms: list[int], group_size: int, bw: f
     w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) / k**0.5
     q, s = quantize_weight(w, group_size)
     packed, scales = pack_w4a8(q, group_size), s.t().contiguous()
-    w4 = _rotating(lambda: (packed.clone(), scales.clone()), packed.numel())
-    wb = _rotating(lambda: w.clone(), w.numel() * 2)
-    w8 = _rotating(lambda: q.clone().t(), q.numel())  # [K, N] view of [N, K]: column-major
+    w4 = rotating(lambda: (packed.clone(), scales.clone()), packed.numel())
+    wb = rotating(lambda: w.clone(), w.numel() * 2)
+    w8 = rotating(lambda: q.clone().t(), q.numel())  # [K, N] view of [N, K]: column-major
     rows = []
     for m in ms:
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)

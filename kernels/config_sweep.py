@@ -27,6 +27,7 @@ from triton.runtime.errors import OutOfResources
 
 from .act_quant import per_token_quant_int8
 from .autotune import graph_ms
+from .benchmark import rotating
 from .packing import pack_w4a8, padded_k
 from .reference import quantize_weight, w4a8_linear_ref
 from .w4a8_gemm import _launch, candidate_configs, sm_count
@@ -194,6 +195,11 @@ GEMV_ROWS_SHAPES = [("8B gate_up", 24576, 4096), ("8B down", 4096, 12288), ("8B 
                     ("32B gate_up", 51200, 5120), ("30B-A3B qkv", 5120, 2048)]
 
 
+def rotated_us(fns: list) -> float:
+    """graph_us over copies of a layer's weights taken in turn, at least 20 calls."""
+    return graph_us(fns, calls=len(fns) * max(1, 20 // len(fns)))
+
+
 class RotatedProblem:
     """One layer's W4A8 GEMM at m rows with the packed weights rotated over copies past L2 (as at
     decode, where every step reads them from HBM), and its reference output."""
@@ -202,7 +208,7 @@ class RotatedProblem:
         q, s = quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5, group_size)
         self.m, self.n, self.k, self.group_size = m, n, k, group_size
         self.scales = s.t().contiguous()
-        self.copies = [pack_w4a8(q, group_size) for _ in range(max(1, -(-200_000_000 // (n * k // 2))))]
+        self.copies = rotating(lambda: pack_w4a8(q, group_size), n * k // 2)
         self.x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         self.ref = w4a8_linear_ref(self.x, q, s).float()
 
@@ -211,7 +217,7 @@ class RotatedProblem:
         fns = [lambda w=w: _launch(*per_token_quant_int8(self.x), w, self.scales, None, self.group_size,
                                    torch.bfloat16, cfg) for w in self.copies]
         assert ((fns[0]().float() - self.ref).abs().max() / self.ref.abs().max()).item() < 1e-2, cfg
-        return graph_us(fns, calls=len(fns) * max(1, 20 // len(fns)))
+        return rotated_us(fns)
 
 
 def sweep_gemv_rows(m: int, name: str, n: int, k: int, group_size: int = 128) -> None:
@@ -249,8 +255,8 @@ def sweep_small_tiles(m: int, name: str, n: int, k: int, group_size: int = 128) 
     """`small_tiles` against the shipped decode candidates, weights rotated over copies past L2, the
     three fastest of each, beside cuBLAS bf16 on rotated bf16 weights."""
     problem = RotatedProblem(m, n, k, group_size)
-    w_bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(1, -(-200_000_000 // (n * k * 2))))]
-    t_bf16 = graph_us([lambda w=w: problem.x @ w.t() for w in w_bf16], calls=len(w_bf16) * max(1, 20 // len(w_bf16)))
+    w_bf16 = rotating(lambda: torch.randn(n, k, device="cuda", dtype=torch.bfloat16), n * k * 2)
+    t_bf16 = rotated_us([lambda w=w: problem.x @ w.t() for w in w_bf16])
     del w_bf16
     sms = sm_count(torch.device("cuda"))
     results = {"shipped candidates": [], "small tiles": []}
